@@ -1,0 +1,246 @@
+/*
+ * aarch64.S — the context switch, the fiber entry trampoline and
+ * call-on-stack for AArch64 (AAPCS64, Linux, ELF).
+ *
+ * ABI facts this file relies on (AAPCS64):
+ *   - callee-saved: x19-x28, x29 (frame pointer), sp, and the low 64 bits
+ *     of v8-v15 (d8-d15). x30 (lr) holds the return address. x18 is the
+ *     platform register: Linux leaves it to user code, and nothing here
+ *     touches it. x16/x17 are the intra-procedure-call scratch registers.
+ *   - sp is 16-byte aligned at all times (not only at calls).
+ *   - no red zone on Linux: memory below sp may be overwritten at any time.
+ *   - FPCR's mode bits (rounding, flush-to-zero, default NaN) are
+ *     callee-saved ("preserved across calls"); FPSR's flags are not.
+ *
+ * Who saves what. The Rust side enters the switch from an asm! block that
+ * declares every register asm! lets it name as clobbered (clobber_abi("C"),
+ * which covers x0-x17, x30 and all of v0-v31, plus x20-x28), so the
+ * compiler spills only what is live; that includes d8-d15. What asm! cannot
+ * name -- x19 (LLVM's base pointer) and x29 (the frame pointer) -- is saved
+ * here, together with the address to continue at. With STACKSWITCH_FP_CONTROL
+ * FPCR is saved in the frame's last word, which is padding otherwise.
+ *
+ * The frame a suspended side leaves on its own stack ("switch frame"),
+ * 32 bytes so that sp stays 16-byte aligned, at the stack pointer stored in
+ * the fiber's slot:
+ *
+ *     +0   x19
+ *     +8   x29
+ *     +16  resume address
+ *     +24  FPCR (fp-control) or padding
+ *
+ * For the resumer, the resume address is the x30 its `bl` set; for a fiber,
+ * the continuation label its suspend stub computed with `adr`, or the
+ * trampoline for a fiber that has not started. The slot is one word near the
+ * top of the fiber's stack; it holds the fiber's sp while the fiber is
+ * suspended and the resumer's while the fiber runs. The whole stack layout is
+ * drawn in src/stack/mod.rs; src/arch/aarch64.rs mirrors the constants below
+ * and const-asserts them.
+ *
+ * Branch targets: resume addresses are reached by `br x17`, so they carry
+ * `bti c` (hint #34), which admits br through x16/x17 and blr. Saved return
+ * addresses are not PAC-signed: a fiber may resume on another thread, and
+ * signing binds a pointer to the sp it was signed with.
+ */
+#include "common.h"
+
+        .text
+
+        .set FRAME_X19, 0
+        .set FRAME_X29, 8
+        .set FRAME_PC, 16
+        .set FRAME_FPCR, 24
+        .set FRAME_SIZE, 32
+
+/* SAVE_FRAME pc: push a switch frame whose resume address is in `pc`. */
+.macro SAVE_FRAME pc
+        sub     sp, sp, #FRAME_SIZE             /* room for the switch frame */
+        stp     x19, x29, [sp, #FRAME_X19]      /* base and frame pointer of the side leaving */
+        str     \pc, [sp, #FRAME_PC]            /* where the side leaving continues */
+#ifdef STACKSWITCH_FP_CONTROL
+        mrs     x9, fpcr                        /* x9 = FP mode bits of the side leaving */
+        str     x9, [sp, #FRAME_FPCR]
+#endif
+.endm
+
+/* LOAD_FRAME pc: restore x19/x29 (and FPCR) from the switch frame at sp and
+ * load its resume address into `pc`, leaving sp above the frame. */
+.macro LOAD_FRAME pc
+#ifdef STACKSWITCH_FP_CONTROL
+        ldr     x9, [sp, #FRAME_FPCR]           /* x9 = FP mode bits of the arriving side */
+        msr     fpcr, x9
+#endif
+        ldp     x19, x29, [sp, #FRAME_X19]      /* the arriving side's x19, x29 */
+        ldr     \pc, [sp, #FRAME_PC]            /* the arriving side's resume address */
+        add     sp, sp, #FRAME_SIZE             /* pop the switch frame */
+.endm
+
+/*
+ * fn resume(value: x0, slot: x1 = *mut *mut u8) -> (value: x0, status: x2)
+ *
+ * Resumer -> fiber. Called (`bl`) from the resume stub in src/arch/aarch64.rs.
+ * On entry: x30 = return address into the stub; *slot = the fiber's switch
+ * frame; x0 = the word handed to the fiber (a pointer to its input).
+ * Leaves a switch frame (resume address = x30) on the resumer's stack, stores
+ * its address in *slot and branches to the fiber's resume address with x0 and
+ * x1 unchanged. It returns, later, when the fiber suspends or finishes: their
+ * `ret` through the x30 saved here pairs with this `bl`. x2 then says which
+ * (0 yield, 1 finish).
+ */
+        .p2align 4
+STACKSWITCH_FUNCTION(resume)
+        .cfi_startproc
+        hint    #34                             /* bti c */
+        SAVE_FRAME x30
+        .cfi_def_cfa_offset FRAME_SIZE
+        .cfi_offset x19, FRAME_X19 - FRAME_SIZE
+        .cfi_offset x29, FRAME_X29 - FRAME_SIZE
+        .cfi_offset x30, FRAME_PC - FRAME_SIZE
+        ldr     x9, [x1]                        /* x9 = the fiber's sp */
+        mov     x10, sp
+        str     x10, [x1]                       /* slot = the resumer's switch frame */
+        /* From here the unwinder finds the resumer's frame through the slot:
+         *   0x0f DW_CFA_def_cfa_expression, 5 bytes:
+         *        0x71 DW_OP_breg1 (x1) 0; 0x06 DW_OP_deref;
+         *        0x23 DW_OP_plus_uconst FRAME_SIZE (one ULEB128 byte: < 128)
+         *   0x10 DW_CFA_expression reg, 5 bytes: *x1 + the save offset */
+        .cfi_escape 0x0f, 5, 0x71, 0, 0x06, 0x23, FRAME_SIZE
+        .cfi_escape 0x10, 30, 5, 0x71, 0, 0x06, 0x23, FRAME_PC
+        .cfi_escape 0x10, 29, 5, 0x71, 0, 0x06, 0x23, FRAME_X29
+        .cfi_escape 0x10, 19, 5, 0x71, 0, 0x06, 0x23, FRAME_X19
+        mov     sp, x9                          /* now on the fiber's stack */
+        LOAD_FRAME x17                          /* x17 = the fiber's resume address */
+        br      x17                             /* continue the fiber; x0 = value */
+        .cfi_endproc
+STACKSWITCH_END(resume)
+
+/*
+ * RETURN_TO_RESUMER: sp = the resumer's switch frame. Restores it and
+ * returns into its resume stub (the `ret` pairs with resume's `bl`).
+ */
+.macro RETURN_TO_RESUMER
+        .cfi_def_cfa sp, FRAME_SIZE
+        .cfi_offset x19, FRAME_X19 - FRAME_SIZE
+        .cfi_offset x29, FRAME_X29 - FRAME_SIZE
+        .cfi_offset x30, FRAME_PC - FRAME_SIZE
+        LOAD_FRAME x30                          /* x30 = return address into the stub */
+        .cfi_def_cfa_offset 0
+        .cfi_restore x19
+        .cfi_restore x29
+        .cfi_restore x30
+        ret
+.endm
+
+/*
+ * fn suspend(value: x0, slot: x1, status: x2 = 0, continuation: x9) -> value: x0
+ *
+ * Fiber -> resumer. Branched to (`b`, not `bl`, so the return-address stack
+ * is not pushed) from the suspend stub inlined into fiber code, with x9 =
+ * the stub's continuation label. On entry: *slot = the resumer's switch
+ * frame. Leaves the fiber's switch frame (resume address = x9), stores its
+ * address in *slot, restores the resumer and returns into its resume stub
+ * with x0 = value, x2 = status.
+ */
+        .p2align 4
+STACKSWITCH_FUNCTION(suspend)
+        .cfi_startproc
+        .cfi_register x30, x9                   /* our "return address" is in x9 */
+        SAVE_FRAME x9
+        .cfi_def_cfa_offset FRAME_SIZE
+        .cfi_offset x19, FRAME_X19 - FRAME_SIZE
+        .cfi_offset x29, FRAME_X29 - FRAME_SIZE
+        .cfi_offset x30, FRAME_PC - FRAME_SIZE
+        ldr     x10, [x1]                       /* x10 = the resumer's sp */
+        mov     x11, sp
+        str     x11, [x1]                       /* slot = the fiber's switch frame */
+        mov     sp, x10                         /* now on the resumer's stack */
+        RETURN_TO_RESUMER
+        .cfi_endproc
+STACKSWITCH_END(suspend)
+
+/*
+ * fn finish(value: x0, slot: x1, status: x2 = 1) -> !
+ *
+ * The fiber's last switch: called from the fiber's Rust entry once
+ * everything on the fiber's stack has been dropped. Nothing of the fiber
+ * is saved.
+ */
+        .p2align 4
+STACKSWITCH_FUNCTION(finish)
+        .cfi_startproc
+        ldr     x10, [x1]                       /* x10 = the resumer's switch frame */
+        mov     sp, x10                         /* now on the resumer's stack */
+        RETURN_TO_RESUMER
+        .cfi_endproc
+STACKSWITCH_END(finish)
+
+/*
+ * The first frame of every fiber. Reached by resume's `br x17` the first
+ * time a fiber runs, from the initial switch frame Rust wrote
+ * (src/arch/aarch64.rs, InitialFrame): x19 = the Rust entry function,
+ * x29 = its data pointer, sp = the slot (16-byte aligned), x0 = first value.
+ *
+ * Calls entry(value: x0, data: x1, slot: x2) -> !, which leaves through
+ * `finish` and never returns.
+ *
+ * CFI: this frame's caller is whoever resumed the fiber; its switch frame is
+ * at *slot, and the slot is at this frame's sp for the whole function:
+ *   0x0f DW_CFA_def_cfa_expression, 5 bytes:
+ *        0x8f DW_OP_breg31 (sp) 0; 0x06 DW_OP_deref;
+ *        0x23 DW_OP_plus_uconst FRAME_SIZE      -> CFA = *sp + FRAME_SIZE
+ *   0x10 DW_CFA_expression reg N, 5 bytes:
+ *        0x8f DW_OP_breg31 (sp) 0; 0x06 DW_OP_deref;
+ *        0x23 DW_OP_plus_uconst OFF             -> reg N saved at *sp + OFF
+ * for N = 30 (return address), 29 (x29), 19 (x19).
+ */
+        .p2align 4
+STACKSWITCH_FUNCTION(trampoline)
+        .cfi_startproc
+        .cfi_escape 0x0f, 5, 0x8f, 0, 0x06, 0x23, FRAME_SIZE
+        .cfi_escape 0x10, 30, 5, 0x8f, 0, 0x06, 0x23, FRAME_PC
+        .cfi_escape 0x10, 29, 5, 0x8f, 0, 0x06, 0x23, FRAME_X29
+        .cfi_escape 0x10, 19, 5, 0x8f, 0, 0x06, 0x23, FRAME_X19
+        hint    #34                             /* bti c: reached by br x17 */
+        mov     x1, x29                         /* x1 = data (second argument) */
+        mov     x2, sp                          /* x2 = slot (third argument) */
+        mov     x29, xzr                        /* end the frame-pointer chain here */
+        mov     x16, x19                        /* enter Rust through x16 */
+        blr     x16                             /* entry(value, data, slot) -> ! */
+        brk     #0x5353                         /* entry never returns */
+        .cfi_endproc
+STACKSWITCH_END(trampoline)
+
+/*
+ * fn call_on_stack(arg: x0, f: x1 = extern "C" fn(arg), new_sp: x2)
+ *
+ * Calls f(arg) with sp = new_sp, then returns on the original stack.
+ * new_sp must be 16-byte aligned and point one past usable memory. f must
+ * not unwind: the Rust caller catches panics inside f and resumes them on
+ * the original stack. x29 holds our frame record (and so the original sp)
+ * across the call: CFI (CFA = x29 + 16) and frame-pointer walkers both lead
+ * back to our caller.
+ */
+        .p2align 4
+STACKSWITCH_FUNCTION(call_on_stack)
+        .cfi_startproc
+        hint    #34                             /* bti c */
+        stp     x29, x30, [sp, #-16]!           /* frame record: caller's fp, return address */
+        .cfi_def_cfa_offset 16
+        .cfi_offset x29, -16
+        .cfi_offset x30, -8
+        mov     x29, sp                         /* x29 = our frame record (and old sp) */
+        .cfi_def_cfa x29, 16
+        mov     sp, x2                          /* switch to the new stack */
+        mov     x16, x1
+        blr     x16                             /* f(arg); x0 still holds arg */
+        mov     sp, x29                         /* back on the original stack */
+        .cfi_def_cfa sp, 16
+        ldp     x29, x30, [sp], #16             /* caller's fp and our return address */
+        .cfi_def_cfa_offset 0
+        .cfi_restore x29
+        .cfi_restore x30
+        ret
+        .cfi_endproc
+STACKSWITCH_END(call_on_stack)
+
+STACKSWITCH_NOTE_GNU_STACK

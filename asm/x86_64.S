@@ -1,0 +1,250 @@
+/*
+ * x86_64.S — the context switch, the fiber entry trampoline and
+ * call-on-stack for x86_64 System V (Linux, ELF).
+ *
+ * ABI facts this file relies on (System V AMD64 psABI):
+ *   - callee-saved: rbx, rbp, r12-r15, rsp; every xmm register is
+ *     caller-saved. The MXCSR control bits and the x87 control word are
+ *     callee-saved too ("preserved across calls"); the status bits are not.
+ *   - rsp is 16-byte aligned at every call instruction, so a callee sees
+ *     rsp = 8 (mod 16) on entry.
+ *   - the 128 bytes below rsp (the red zone) belong to the running function.
+ *     Nothing here keeps live data below rsp across a switch: the Rust stubs
+ *     that enter this file are asm! blocks without `nostack`, which tells the
+ *     compiler to keep nothing in the red zone around them.
+ *
+ * Who saves what. The Rust side enters the switch from an asm! block that
+ * declares every register asm! lets it name as clobbered (clobber_abi("C")
+ * plus r12-r15), so the compiler spills only what is live, and usually
+ * outside the hot loop. What asm! cannot name -- rbx (LLVM's base pointer)
+ * and rbp (the frame pointer) -- is saved here. With STACKSWITCH_FP_CONTROL
+ * the MXCSR and x87 control word are saved here as well.
+ *
+ * The frame a suspended side leaves on its own stack ("switch frame"),
+ * lowest address first, at the stack pointer stored in the fiber's slot:
+ *
+ *     without fp-control          with fp-control
+ *     +0   rbx                    +0   MXCSR (4 bytes), x87 CW (2), pad (2)
+ *     +8   rbp                    +8   rbx
+ *     +16  resume address         +16  rbp
+ *                                 +24  resume address
+ *
+ * For the resumer, the resume address is the return address its `call`
+ * pushed; for a fiber, it is the continuation label its suspend stub pushed,
+ * or the trampoline for a fiber that has not started. The slot is one word
+ * near the top of the fiber's stack; it holds the fiber's stack pointer while
+ * the fiber is suspended and the resumer's while the fiber runs. The whole
+ * stack layout is drawn in src/stack/mod.rs; src/arch/x86_64.rs mirrors the
+ * constants below and const-asserts them.
+ */
+#include "common.h"
+
+        .intel_syntax noprefix
+        .text
+
+#ifdef STACKSWITCH_FP_CONTROL
+        .set FRAME_FPCTL, 0             /* MXCSR at +0, x87 CW at +4 */
+        .set FRAME_RBX, 8
+        .set FRAME_RBP, 16
+        .set FRAME_PC, 24
+        .set FRAME_SIZE, 32
+#else
+        .set FRAME_RBX, 0
+        .set FRAME_RBP, 8
+        .set FRAME_PC, 16
+        .set FRAME_SIZE, 24
+#endif
+
+/*
+ * SAVE_FRAME / RESTORE_FRAME push and pop the part of a switch frame below
+ * the resume address (which the caller's call, or the stub's push, already
+ * put on the stack).
+ */
+.macro SAVE_FRAME
+        push    rbp                     /* frame pointer of the side leaving */
+        .cfi_adjust_cfa_offset 8
+        .cfi_rel_offset rbp, 0
+        push    rbx                     /* LLVM base pointer of the side leaving */
+        .cfi_adjust_cfa_offset 8
+        .cfi_rel_offset rbx, 0
+#ifdef STACKSWITCH_FP_CONTROL
+        sub     rsp, 8                  /* room for MXCSR + x87 CW */
+        .cfi_adjust_cfa_offset 8
+        stmxcsr [rsp]                   /* [rsp] = SSE rounding/exception masks */
+        fnstcw  [rsp + 4]               /* [rsp+4] = x87 precision/rounding */
+#endif
+.endm
+
+.macro RESTORE_FRAME
+#ifdef STACKSWITCH_FP_CONTROL
+        ldmxcsr [rsp]                   /* the arriving side's MXCSR */
+        fldcw   [rsp + 4]               /* the arriving side's x87 CW */
+        add     rsp, 8
+#endif
+        pop     rbx                     /* rbx of the arriving side */
+        pop     rbp                     /* rbp of the arriving side */
+.endm
+
+/*
+ * RETURN_TO_RESUMER: rsp = the resumer's switch frame. Restores it and
+ * returns into its resume stub. The CFI says, at every instruction, where
+ * the resumer's frame and registers are, with the CFA counted from rsp.
+ */
+.macro RETURN_TO_RESUMER
+        .cfi_def_cfa rsp, FRAME_SIZE
+        .cfi_offset rbx, FRAME_RBX - FRAME_SIZE
+        .cfi_offset rbp, FRAME_RBP - FRAME_SIZE
+#ifdef STACKSWITCH_FP_CONTROL
+        ldmxcsr [rsp]                   /* the resumer's MXCSR */
+        fldcw   [rsp + 4]               /* the resumer's x87 CW */
+        add     rsp, 8
+        .cfi_adjust_cfa_offset -8
+#endif
+        pop     rbx                     /* the resumer's rbx */
+        .cfi_adjust_cfa_offset -8
+        .cfi_restore rbx
+        pop     rbp                     /* the resumer's rbp */
+        .cfi_adjust_cfa_offset -8
+        .cfi_restore rbp
+        ret                             /* pairs with resume's call */
+.endm
+
+/*
+ * fn resume(value: rdi, slot: rsi = *mut *mut u8) -> (value: rdi, status: rdx)
+ *
+ * Resumer -> fiber. Called (`call`) from the resume stub in src/arch/x86_64.rs.
+ * On entry: rsp = 8 (mod 16), [rsp] = return address into the stub; *slot =
+ * the fiber's saved stack pointer (its switch frame); rdi = the word handed
+ * to the fiber (a pointer to its input).
+ * Leaves a switch frame on the resumer's stack, stores its address in *slot,
+ * and continues the fiber at its resume address with rdi and rsi unchanged.
+ * It returns, later, when the fiber suspends or finishes: their `ret` pops
+ * the return address this `call` pushed, so calls and returns stay paired
+ * for the return-address predictor. rdx then says which (0 yield, 1 finish).
+ */
+        .p2align 4
+STACKSWITCH_FUNCTION(resume)
+        .cfi_startproc
+        SAVE_FRAME
+        mov     rax, [rsi]              /* rax = the fiber's stack pointer */
+        mov     [rsi], rsp              /* slot = the resumer's switch frame */
+        /* From here the unwinder finds the resumer's frame through the slot:
+         * CFA = *rsi + FRAME_SIZE, the saved registers at fixed offsets.
+         *   0x0f DW_CFA_def_cfa_expression, 5 bytes:
+         *        0x74 DW_OP_breg4 (rsi) 0; 0x06 DW_OP_deref;
+         *        0x23 DW_OP_plus_uconst FRAME_SIZE
+         *   0x10 DW_CFA_expression reg, 5 bytes: same, + the save offset  */
+        .cfi_escape 0x0f, 5, 0x74, 0, 0x06, 0x23, FRAME_SIZE
+        .cfi_escape 0x10, 16, 5, 0x74, 0, 0x06, 0x23, FRAME_PC   /* rip */
+        .cfi_escape 0x10, 6, 5, 0x74, 0, 0x06, 0x23, FRAME_RBP   /* rbp */
+        .cfi_escape 0x10, 3, 5, 0x74, 0, 0x06, 0x23, FRAME_RBX   /* rbx */
+        mov     rsp, rax                /* now on the fiber's stack */
+        RESTORE_FRAME
+        pop     rcx                     /* rcx = the fiber's resume address */
+        jmp     rcx                     /* continue the fiber; rdi = value */
+        .cfi_endproc
+STACKSWITCH_END(resume)
+
+/*
+ * fn suspend(value: rdi, slot: rsi, status: rdx = 0) -> value: rdi
+ *
+ * Fiber -> resumer. Jumped to (`jmp`, not `call`) from the suspend stub that
+ * is inlined into fiber code, after the stub pushed its continuation label.
+ * On entry: [rsp] = that continuation, so the stack looks like a call's and
+ * the default CFI (CFA = rsp + 8, return address at CFA - 8) is right;
+ * *slot = the resumer's switch frame; rdx = 0 (yield).
+ * Leaves the fiber's switch frame, stores its address in *slot, restores the
+ * resumer and returns into its resume stub, with rdi = value, rdx = status.
+ */
+        .p2align 4
+STACKSWITCH_FUNCTION(suspend)
+        .cfi_startproc
+        SAVE_FRAME
+        mov     rax, [rsi]              /* rax = the resumer's stack pointer */
+        mov     [rsi], rsp              /* slot = the fiber's switch frame */
+        mov     rsp, rax                /* now on the resumer's stack */
+        RETURN_TO_RESUMER
+        .cfi_endproc
+STACKSWITCH_END(suspend)
+
+/*
+ * fn finish(value: rdi, slot: rsi, status: rdx = 1) -> !
+ *
+ * The fiber's last switch: called from the fiber's Rust entry once
+ * everything on the fiber's stack has been dropped. Nothing of the fiber is
+ * saved; the slot is left pointing at the resumer's (now stale) frame.
+ */
+        .p2align 4
+STACKSWITCH_FUNCTION(finish)
+        .cfi_startproc
+        mov     rsp, [rsi]              /* the resumer's switch frame */
+        RETURN_TO_RESUMER               /* into the resumer's resume stub */
+        .cfi_endproc
+STACKSWITCH_END(finish)
+
+/*
+ * The first frame of every fiber. Reached by resume's `jmp` the first time a
+ * fiber runs, from the initial switch frame Rust wrote (src/arch/x86_64.rs,
+ * InitialFrame): rbx = the Rust entry function, rbp = its data pointer,
+ * rsp = the slot (16-byte aligned), rdi = the first value.
+ *
+ * Calls entry(value: rdi, data: rsi, slot: rdx) -> !, which never returns:
+ * it leaves through `finish`.
+ *
+ * CFI: this frame's caller is whoever resumed the fiber. Its switch frame
+ * is at *slot, and the slot is at this frame's rsp, for the whole function:
+ *   0x0f DW_CFA_def_cfa_expression, 5 bytes:
+ *        0x77 DW_OP_breg7 (rsp) 0; 0x06 DW_OP_deref;
+ *        0x23 DW_OP_plus_uconst FRAME_SIZE     -> CFA = *rsp + FRAME_SIZE
+ *   0x10 DW_CFA_expression reg N, 5 bytes:
+ *        0x77 DW_OP_breg7 (rsp) 0; 0x06 DW_OP_deref;
+ *        0x23 DW_OP_plus_uconst OFF            -> reg N saved at *rsp + OFF
+ * for N = 16 (return address), 6 (rbp), 3 (rbx). So gdb, perf and
+ * std::backtrace continue from a fiber into the frames of its resumer.
+ */
+        .p2align 4
+STACKSWITCH_FUNCTION(trampoline)
+        .cfi_startproc
+        .cfi_escape 0x0f, 5, 0x77, 0, 0x06, 0x23, FRAME_SIZE
+        .cfi_escape 0x10, 16, 5, 0x77, 0, 0x06, 0x23, FRAME_PC
+        .cfi_escape 0x10, 6, 5, 0x77, 0, 0x06, 0x23, FRAME_RBP
+        .cfi_escape 0x10, 3, 5, 0x77, 0, 0x06, 0x23, FRAME_RBX
+        endbr64                         /* reached by an indirect jmp */
+        mov     rsi, rbp                /* rsi = data (second argument) */
+        mov     rdx, rsp                /* rdx = slot (third argument) */
+        xor     ebp, ebp                /* end the frame-pointer chain here */
+        call    rbx                     /* entry(value, data, slot) -> ! */
+        ud2                             /* entry never returns */
+        .cfi_endproc
+STACKSWITCH_END(trampoline)
+
+/*
+ * fn call_on_stack(arg: rdi, f: rsi = extern "C" fn(arg), new_sp: rdx)
+ *
+ * Calls f(arg) with rsp = new_sp, then returns on the original stack.
+ * new_sp must be 16-byte aligned and point one past usable memory (the
+ * callee's return address goes at new_sp - 8). f must not unwind: the Rust
+ * caller catches panics inside f and resumes them here, on the original
+ * stack. rbp holds the original stack pointer across the call, so both the
+ * CFI (CFA = rbp + 16) and frame-pointer walkers lead back to our caller.
+ */
+        .p2align 4
+STACKSWITCH_FUNCTION(call_on_stack)
+        .cfi_startproc
+        push    rbp                     /* save the caller's frame pointer */
+        .cfi_adjust_cfa_offset 8
+        .cfi_rel_offset rbp, 0
+        mov     rbp, rsp                /* rbp = our frame record (and old rsp) */
+        .cfi_def_cfa_register rbp
+        mov     rsp, rdx                /* switch to the new stack */
+        call    rsi                     /* f(arg); rdi still holds arg */
+        mov     rsp, rbp                /* back on the original stack */
+        .cfi_def_cfa_register rsp
+        pop     rbp                     /* the caller's frame pointer */
+        .cfi_adjust_cfa_offset -8
+        .cfi_restore rbp
+        ret
+        .cfi_endproc
+STACKSWITCH_END(call_on_stack)
+
+STACKSWITCH_NOTE_GNU_STACK

@@ -1,0 +1,95 @@
+//! The Rust face of `asm/<arch>.S`: `extern "C"` declarations, the `asm!`
+//! stubs that enter the switch, and the `#[repr(C)]` initial switch frame
+//! that mirrors the `.S` layout (with const-asserted offsets).
+//!
+//! Every architecture module provides the same items:
+//! - `resume(value, slot) -> (value, status)`, always inlined;
+//! - `suspend(value, slot) -> value`, always inlined;
+//! - `finish(value, slot) -> !`;
+//! - `InitialFrame::new(entry, data)` and `FRAME_SIZE`;
+//! - `call_on_stack(arg, f, sp)`.
+//!
+//! The word that travels in a register both ways is a pointer to the value
+//! handed over (the resumer's input, the fiber's yield or exit), or 0 from a
+//! resumer that wants the fiber to unwind. The status says what the fiber
+//! did: [`STATUS_YIELD`] or [`STATUS_FINISH`].
+
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
+
+#[cfg(target_arch = "aarch64")]
+pub(crate) use aarch64::*;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86_64::*;
+
+/// Status of a switch back to the resumer: the fiber suspended.
+pub(crate) const STATUS_YIELD: usize = 0;
+/// Status of a switch back to the resumer: the fiber finished.
+pub(crate) const STATUS_FINISH: usize = 1;
+
+/// The Rust function a fiber's trampoline calls first:
+/// `entry(value, data, slot)`, which never returns (it leaves by `finish`).
+pub(crate) type EntryFn = unsafe extern "C" fn(value: usize, data: *mut u8, slot: *mut usize) -> !;
+
+/// A function run by [`call_on_stack`]; it must not unwind.
+#[allow(dead_code)] // used by the host-function guard
+pub(crate) type OnStackFn = unsafe extern "C" fn(arg: *mut u8);
+
+extern "C" {
+    /// The first frame of every fiber (see the `.S`); never called from Rust,
+    /// only named as the resume address of an initial frame.
+    fn stackswitch_trampoline_v1();
+
+    /// Calls `f(arg)` with the stack pointer set to `sp`, then returns on the
+    /// original stack.
+    #[allow(dead_code)] // used by the host-function guard
+    fn stackswitch_call_on_stack_v1(arg: *mut u8, f: OnStackFn, sp: *mut u8);
+}
+
+/// Address of the trampoline, the resume address of a fiber that has not run.
+#[inline]
+pub(crate) fn trampoline_address() -> usize {
+    stackswitch_trampoline_v1 as unsafe extern "C" fn() as usize
+}
+
+/// Runs `f(arg)` with the stack pointer set to `sp`.
+///
+/// # Safety
+/// `sp` must be 16-byte aligned and be the high end of writable memory large
+/// enough for everything `f` does (or end in a guard page that stops it);
+/// `f` must not unwind; nothing may be live in `[lowest sp f reaches, sp)`.
+#[inline]
+#[allow(dead_code)] // used by the host-function guard
+pub(crate) unsafe fn call_on_stack(arg: *mut u8, f: OnStackFn, sp: *mut u8) {
+    debug_assert_eq!(
+        sp as usize % 16,
+        0,
+        "call_on_stack needs a 16-byte aligned sp"
+    );
+    // SAFETY: the caller upholds the contract above, which is the .S routine's.
+    unsafe { stackswitch_call_on_stack_v1(arg, f, sp) }
+}
+
+/// Writes the initial switch frame of a fiber just below `slot` and points
+/// the slot at it, so that the first `resume` enters the trampoline, which
+/// calls `entry(value, data, slot)`.
+///
+/// # Safety
+/// `slot` must be 16-byte aligned, writable, and have at least
+/// `FRAME_SIZE` writable bytes below it on the fiber's stack.
+pub(crate) unsafe fn init_fiber(slot: *mut usize, entry: EntryFn, data: *mut u8) {
+    debug_assert_eq!(
+        slot as usize % 16,
+        0,
+        "the fiber slot must be 16-byte aligned"
+    );
+    let frame = (slot as usize - FRAME_SIZE) as *mut InitialFrame;
+    // SAFETY: the caller guarantees FRAME_SIZE writable bytes below the slot,
+    // and InitialFrame is FRAME_SIZE bytes with alignment 8 (const-asserted).
+    unsafe {
+        frame.write(InitialFrame::new(entry, data));
+        slot.write(frame as usize);
+    }
+}

@@ -1,0 +1,544 @@
+//! Fibers: [`Fiber`], [`Suspender`], [`FiberResult`], and [`SendFiber`] for
+//! moving a suspended fiber to another thread.
+//!
+//! # How values travel
+//! `resume(input)` keeps `input` in its own frame and hands the fiber a
+//! pointer to it, in a register; the fiber moves the value out before it
+//! runs any of the user's code. `suspend(value)` does the same the other
+//! way. Nothing is boxed and nothing is copied twice.
+//!
+//! # Panics and unwinding
+//! The fiber's closure runs inside `catch_unwind` at the base of its stack.
+//! A panic there finishes the fiber, and `resume` re-raises it in the
+//! resumer with the original payload. No unwinding ever crosses a switch.
+//!
+//! Dropping a suspended fiber resumes it one last time with a request to
+//! unwind: the pending `suspend` raises a private payload (through
+//! `resume_unwind`, so no panic hook runs and nothing is printed), the
+//! fiber's frames drop their locals, and the base catches the payload.
+//!
+//! Under `panic = "abort"` there is no unwinding: dropping a suspended fiber
+//! then leaks its stack (the memory stays mapped, and the destructors of the
+//! values on it never run). Freeing it instead would break the promise that
+//! memory of a pinned value is not reused before its destructor runs. Run a
+//! fiber to completion before dropping it when building with
+//! `panic = "abort"`.
+
+use std::any::Any;
+use std::fmt;
+use std::marker::PhantomData;
+use std::mem::{align_of, size_of, ManuallyDrop};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::ptr;
+
+use crate::arch;
+use crate::stack::{MmapStack, Stack};
+use crate::Error;
+
+/// What a fiber did when it last ran: suspended with a value, or returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FiberResult<Y, R> {
+    /// The fiber called [`Suspender::suspend`] with this value; it can be
+    /// resumed again.
+    Yield(Y),
+    /// The fiber's closure returned this value; the fiber is finished.
+    Return(R),
+}
+
+impl<Y, R> FiberResult<Y, R> {
+    /// The yielded value, if the fiber suspended.
+    pub fn yielded(self) -> Option<Y> {
+        match self {
+            FiberResult::Yield(y) => Some(y),
+            FiberResult::Return(_) => None,
+        }
+    }
+
+    /// The returned value, if the fiber finished.
+    pub fn returned(self) -> Option<R> {
+        match self {
+            FiberResult::Yield(_) => None,
+            FiberResult::Return(r) => Some(r),
+        }
+    }
+}
+
+/// How a fiber's closure ended; handed to the resumer by `finish`.
+enum Exit<R> {
+    Return(R),
+    Panic(Box<dyn Any + Send>),
+    /// The fiber unwound because it was dropped while suspended.
+    Unwound,
+}
+
+/// The payload a suspended fiber unwinds with when it is dropped.
+struct ForcedUnwind;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Created, never resumed: the closure is still on the stack.
+    Fresh,
+    /// Suspended in `Suspender::suspend`.
+    Suspended,
+    /// Returned, panicked, or unwound: the stack holds nothing.
+    Finished,
+}
+
+/// A stackful fiber: a closure running on its own stack, which can suspend
+/// itself with a value and be resumed with another.
+///
+/// `I` is what each `resume` hands in, `Y` what each `suspend` hands out,
+/// `R` what the closure returns; `S` is the stack it runs on and owns.
+///
+/// ```
+/// use stackswitch::{Fiber, FiberResult, MmapStack, Suspender};
+///
+/// let mut fiber = Fiber::with_stack(
+///     MmapStack::new(64 << 10)?,
+///     |first: u32, s: &Suspender<u32, &str>| {
+///         let second = s.suspend("half way");
+///         first + second
+///     },
+/// )?;
+/// assert_eq!(fiber.resume(1), FiberResult::Yield("half way"));
+/// assert_eq!(fiber.resume(41), FiberResult::Return(42));
+/// assert!(fiber.is_finished());
+/// # Ok::<(), stackswitch::Error>(())
+/// ```
+///
+/// A fiber stays on the thread that made it: it is `!Send`, because code on
+/// its stack may hold the address of a thread-local from before a
+/// `suspend`, which would name the wrong thread's value after resuming
+/// elsewhere. [`Fiber::into_send`] is the `unsafe` opt-in.
+///
+/// ```compile_fail
+/// use stackswitch::{Fiber, Suspender};
+/// fn needs_send<T: Send>(_: T) {}
+/// let fiber = Fiber::new(64 << 10, |_: (), _: &Suspender<(), ()>| ()).unwrap();
+/// needs_send(fiber); // error: `*mut usize` cannot be sent between threads
+/// ```
+pub struct Fiber<I, Y, R, S: Stack = MmapStack> {
+    /// The slot near the top of the stack (see `stack` module docs).
+    slot: *mut usize,
+    state: State,
+    /// Drops the closure in place, while `Fresh`.
+    drop_closure: unsafe fn(*mut u8),
+    /// Where the closure lives, while `Fresh`.
+    closure: *mut u8,
+    /// Dropped last, and only when the fiber no longer needs it.
+    stack: ManuallyDrop<S>,
+    _types: PhantomData<fn(I) -> FiberResult<Y, R>>,
+}
+
+/// The handle a fiber's closure uses to suspend itself.
+///
+/// It is `!Send` and `!Sync`, and only ever lent to the closure: it cannot
+/// reach code running on another stack.
+///
+/// ```compile_fail
+/// use stackswitch::Suspender;
+/// fn needs_sync<T: Sync>() {}
+/// needs_sync::<Suspender<(), ()>>(); // error: `*mut usize` cannot be shared
+/// ```
+pub struct Suspender<I, Y> {
+    slot: *mut usize,
+    _types: PhantomData<fn(Y) -> I>,
+}
+
+impl<I, Y> fmt::Debug for Suspender<I, Y> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Suspender").finish_non_exhaustive()
+    }
+}
+
+impl<I, Y> Suspender<I, Y> {
+    /// Suspends the fiber, handing `value` to the caller of
+    /// [`Fiber::resume`]; returns the input of the next `resume`.
+    ///
+    /// If the fiber is dropped while suspended here, this does not return:
+    /// it unwinds the fiber's stack so that its destructors run.
+    #[inline(always)]
+    pub fn suspend(&self, value: Y) -> I {
+        let value = ManuallyDrop::new(value);
+        // SAFETY: a Suspender is only lent to the closure running on the
+        // stack of the fiber whose slot this is, so this runs on that stack
+        // while it runs. The resumer moves `value` out before this frame
+        // continues, hence ManuallyDrop.
+        let input = unsafe { arch::suspend(&*value as *const Y as usize, self.slot) };
+        if input == 0 {
+            forced_unwind();
+        }
+        // SAFETY: a non-zero word from `resume` points at a live `I` that the
+        // resumer will not drop (it keeps it in a ManuallyDrop).
+        unsafe { ptr::read(input as *const I) }
+    }
+}
+
+/// Starts unwinding a fiber that is being dropped. Kept out of line: it is
+/// the cold path of every `suspend`.
+#[cold]
+#[inline(never)]
+fn forced_unwind() -> ! {
+    resume_unwind(Box::new(ForcedUnwind))
+}
+
+/// Drops a closure of type `F` in place; `Fiber` keeps it as a type-erased
+/// function pointer.
+///
+/// # Safety
+/// `p` must point to a live `F` that nothing else will drop or use.
+unsafe fn drop_erased<F>(p: *mut u8) {
+    // SAFETY: the caller's contract.
+    unsafe { ptr::drop_in_place(p.cast::<F>()) }
+}
+
+/// The Rust entry of every fiber, called by the trampoline: moves the
+/// closure and the first input off the stack and the resumer's frame, runs
+/// the closure under `catch_unwind`, and leaves with `finish`.
+///
+/// `extern "C"`: a panic escaping here would abort rather than unwind into
+/// the trampoline (none can: `catch_unwind` is around all user code).
+unsafe extern "C" fn fiber_entry<F, I, Y, R>(value: usize, data: *mut u8, slot: *mut usize) -> !
+where
+    F: FnOnce(I, &Suspender<I, Y>) -> R,
+{
+    let exit = {
+        // SAFETY: `data` is the closure Fiber::with_stack wrote; the state
+        // changed from Fresh when this resume began, so this is its only
+        // reader and Fiber will not drop it.
+        let f = unsafe { ptr::read(data.cast::<F>()) };
+        // SAFETY: the first resume hands a pointer to its input (Drop never
+        // resumes a Fresh fiber, so it is not 0).
+        let input = unsafe { ptr::read(value as *const I) };
+        let suspender = Suspender {
+            slot,
+            _types: PhantomData,
+        };
+        match catch_unwind(AssertUnwindSafe(|| f(input, &suspender))) {
+            Ok(r) => Exit::Return(r),
+            Err(payload) if payload.is::<ForcedUnwind>() => Exit::Unwound,
+            Err(payload) => Exit::Panic(payload),
+        }
+    };
+    // Everything else on this stack has been dropped; `exit` is moved out by
+    // the resumer, which then never switches here again.
+    let exit = ManuallyDrop::new(exit);
+    // SAFETY: we are on this fiber's stack, and nothing on it needs dropping.
+    unsafe { arch::finish(&*exit as *const Exit<R> as usize, slot) }
+}
+
+/// Bytes kept free for the fiber's own frames beyond its closure and slot.
+const MIN_FREE_STACK: usize = 4096;
+
+impl<I: 'static, Y, R> Fiber<I, Y, R, MmapStack> {
+    /// Creates a fiber on a new [`MmapStack`] of `stack_size` bytes.
+    ///
+    /// # Errors
+    /// As [`MmapStack::new`].
+    pub fn new<F>(stack_size: usize, f: F) -> Result<Self, Error>
+    where
+        F: FnOnce(I, &Suspender<I, Y>) -> R + 'static,
+    {
+        Self::with_stack(MmapStack::new(stack_size)?, f)
+    }
+}
+
+impl<I: 'static, Y, R, S: Stack> Fiber<I, Y, R, S> {
+    /// Creates a fiber that will run `f` on `stack`; nothing runs until the
+    /// first [`resume`](Self::resume), whose input is `f`'s first argument.
+    ///
+    /// The closure is moved to the top of the stack, so creating a fiber
+    /// allocates nothing. `I: 'static` keeps a [`Suspender`] from being
+    /// handed into another fiber as its input, where suspending would switch
+    /// away from the wrong stack.
+    ///
+    /// # Errors
+    /// [`Error::StackTooSmall`] if the closure leaves less than 4 KiB of the
+    /// stack for the fiber's frames.
+    pub fn with_stack<F>(stack: S, f: F) -> Result<Self, Error>
+    where
+        F: FnOnce(I, &Suspender<I, Y>) -> R + 'static,
+    {
+        let bounds = stack.bounds();
+        let align = align_of::<F>().max(16);
+        let high = bounds.high & !15;
+        // The closure at the top, aligned; the slot 16 bytes below it; the
+        // initial frame below the slot; then at least MIN_FREE_STACK.
+        let needed = size_of::<F>()
+            .saturating_add(align)
+            .saturating_add(16 + arch::FRAME_SIZE + MIN_FREE_STACK);
+        if high.saturating_sub(bounds.low) < needed {
+            return Err(Error::StackTooSmall {
+                requested: bounds.size(),
+                minimum: needed,
+            });
+        }
+        let closure = (high - size_of::<F>()) & !(align - 1);
+        let slot = (closure - 16) as *mut usize;
+        // SAFETY: closure..closure+size_of::<F>() lies in low..high (checked
+        // above), is aligned for F, and is owned by the stack we now own.
+        unsafe { (closure as *mut F).write(f) };
+        // SAFETY: the slot is 16-byte aligned, inside the stack, with
+        // FRAME_SIZE + MIN_FREE_STACK bytes below it (checked above).
+        unsafe { arch::init_fiber(slot, fiber_entry::<F, I, Y, R>, closure as *mut u8) };
+        Ok(Fiber {
+            slot,
+            state: State::Fresh,
+            drop_closure: drop_erased::<F>,
+            closure: closure as *mut u8,
+            stack: ManuallyDrop::new(stack),
+            _types: PhantomData,
+        })
+    }
+}
+
+impl<I, Y, R, S: Stack> Fiber<I, Y, R, S> {
+    /// Runs the fiber until it suspends or returns. The first `resume`
+    /// starts the closure with `input` as its first argument; later ones
+    /// return `input` from the pending [`Suspender::suspend`].
+    ///
+    /// # Panics
+    /// If the fiber's closure panics, the panic continues here with its
+    /// original payload, and the fiber is finished. Resuming a finished
+    /// fiber panics; [`try_resume`](Self::try_resume) returns an error
+    /// instead.
+    #[inline]
+    #[track_caller]
+    pub fn resume(&mut self, input: I) -> FiberResult<Y, R> {
+        if self.state == State::Finished {
+            resumed_finished();
+        }
+        self.switch_in(input)
+    }
+
+    /// Like [`resume`](Self::resume), but a finished fiber is an error.
+    ///
+    /// # Errors
+    /// [`Error::FiberFinished`] if the fiber has returned or panicked.
+    #[inline]
+    pub fn try_resume(&mut self, input: I) -> Result<FiberResult<Y, R>, Error> {
+        if self.state == State::Finished {
+            return Err(Error::FiberFinished);
+        }
+        Ok(self.switch_in(input))
+    }
+
+    #[inline(always)]
+    fn switch_in(&mut self, input: I) -> FiberResult<Y, R> {
+        let input = ManuallyDrop::new(input);
+        // SAFETY: the fiber is Fresh or Suspended (checked by the callers), so
+        // its slot holds its switch frame and its stack is alive (we own it).
+        // It moves `input` out before running user code, hence ManuallyDrop.
+        let (out, status) = unsafe { arch::resume(&*input as *const I as usize, self.slot) };
+        if status == arch::STATUS_YIELD {
+            self.state = State::Suspended;
+            // SAFETY: on yield, `out` points at a Y in the suspended fiber's
+            // frame, which it will not drop (ManuallyDrop in `suspend`).
+            FiberResult::Yield(unsafe { ptr::read(out as *const Y) })
+        } else {
+            // SAFETY: on finish, `out` points at the Exit<R> the entry left
+            // on the fiber's stack, which stays mapped (we own it).
+            let exit = unsafe { ptr::read(out as *const Exit<R>) };
+            self.finished(exit)
+        }
+    }
+
+    #[inline(never)]
+    fn finished(&mut self, exit: Exit<R>) -> FiberResult<Y, R> {
+        self.state = State::Finished;
+        match exit {
+            Exit::Return(r) => FiberResult::Return(r),
+            Exit::Panic(payload) => resume_unwind(payload),
+            // Only Drop asks a fiber to unwind, and it does not come here.
+            Exit::Unwound => unreachable!("a fiber unwound without being dropped"),
+        }
+    }
+
+    /// Whether the fiber has returned or panicked.
+    pub fn is_finished(&self) -> bool {
+        self.state == State::Finished
+    }
+
+    /// Whether the fiber has been resumed at least once.
+    pub fn is_started(&self) -> bool {
+        self.state != State::Fresh
+    }
+
+    /// The stack the fiber runs on.
+    pub fn stack(&self) -> &S {
+        &self.stack
+    }
+
+    /// Ends the fiber and gives its stack back for reuse: a fresh fiber's
+    /// closure is dropped, a suspended one is unwound (as on drop).
+    ///
+    /// Under `panic = "abort"`, a suspended fiber cannot be unwound; its
+    /// stack is then leaked and this returns `None`.
+    pub fn into_stack(self) -> Option<S> {
+        let mut this = ManuallyDrop::new(self);
+        if !this.end() {
+            return None;
+        }
+        // SAFETY: `end` left nothing on the stack; `this` is never dropped,
+        // so the stack is moved out exactly once.
+        Some(unsafe { ManuallyDrop::take(&mut this.stack) })
+    }
+
+    /// Moves the fiber into a wrapper that is `Send` when `I`, `Y`, `R` and
+    /// `S` are, so that a suspended fiber can be resumed on another thread.
+    ///
+    /// # Safety
+    /// Everything the fiber's stack holds must be safe to move to another
+    /// thread: the closure and every value alive across a `suspend` must be
+    /// `Send`, and no code on the fiber may keep the address of a
+    /// thread-local from before a `suspend` to after it (`thread_local!`
+    /// accessors re-read the address on each access, but the compiler may
+    /// cache it within one function, and C code may do it explicitly).
+    ///
+    /// ```
+    /// use stackswitch::{Fiber, FiberResult, Suspender};
+    /// let mut fiber = Fiber::new(64 << 10, |x: u64, s: &Suspender<u64, u64>| {
+    ///     let y = s.suspend(x + 1);
+    ///     y * 2
+    /// })?;
+    /// assert_eq!(fiber.resume(1), FiberResult::Yield(2));
+    /// // SAFETY: the closure holds only u64s and touches no thread-locals.
+    /// let mut fiber = unsafe { fiber.into_send() };
+    /// let r = std::thread::spawn(move || fiber.resume(21)).join().unwrap();
+    /// assert_eq!(r, FiberResult::Return(42));
+    /// # Ok::<(), stackswitch::Error>(())
+    /// ```
+    pub unsafe fn into_send(self) -> SendFiber<I, Y, R, S> {
+        SendFiber(self)
+    }
+
+    /// Ends a fresh or suspended fiber so its stack holds nothing; returns
+    /// false if the stack must be leaked instead (a suspended fiber under
+    /// `panic = "abort"`).
+    fn end(&mut self) -> bool {
+        match self.state {
+            State::Finished => true,
+            State::Fresh => {
+                self.state = State::Finished;
+                // SAFETY: a Fresh fiber's closure is alive at `closure` and
+                // nothing else will drop it (the state is now Finished).
+                unsafe { (self.drop_closure)(self.closure) };
+                true
+            }
+            State::Suspended => self.unwind(),
+        }
+    }
+
+    #[cfg(panic = "unwind")]
+    fn unwind(&mut self) -> bool {
+        loop {
+            // SAFETY: the fiber is suspended; 0 asks its pending `suspend`
+            // to unwind instead of reading an input.
+            let (out, status) = unsafe { arch::resume(0, self.slot) };
+            if status == arch::STATUS_YIELD {
+                // The fiber caught the unwind and suspended again: drop what
+                // it yielded and ask again until it finishes.
+                // SAFETY: as in `switch_in`.
+                drop(unsafe { ptr::read(out as *const Y) });
+                continue;
+            }
+            self.state = State::Finished;
+            // SAFETY: as in `switch_in`.
+            match unsafe { ptr::read(out as *const Exit<R>) } {
+                Exit::Unwound => {}
+                // It caught the unwind and returned normally.
+                Exit::Return(r) => drop(r),
+                // It caught the unwind and panicked with something else: let
+                // that panic go on, unless we are already unwinding.
+                Exit::Panic(payload) => {
+                    if !std::thread::panicking() {
+                        resume_unwind(payload)
+                    }
+                }
+            }
+            return true;
+        }
+    }
+
+    #[cfg(not(panic = "unwind"))]
+    fn unwind(&mut self) -> bool {
+        false
+    }
+}
+
+/// Resuming a finished fiber is misuse the types cannot stop; say so.
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn resumed_finished() -> ! {
+    panic!("{}", Error::FiberFinished)
+}
+
+impl<I, Y, R, S: Stack> Drop for Fiber<I, Y, R, S> {
+    /// Drops a fresh fiber's closure, unwinds a suspended fiber (running the
+    /// destructors of everything on its stack), then frees the stack.
+    fn drop(&mut self) {
+        if self.end() {
+            // SAFETY: the fiber holds nothing on the stack any more, and the
+            // stack is dropped exactly once, here.
+            unsafe { ManuallyDrop::drop(&mut self.stack) };
+        }
+    }
+}
+
+impl<I, Y, R, S: Stack> fmt::Debug for Fiber<I, Y, R, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fiber")
+            .field("state", &self.state)
+            .field("bounds", &self.stack.bounds())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A [`Fiber`] that may move between threads; made by the `unsafe`
+/// [`Fiber::into_send`], whose contract it relies on.
+///
+/// It derefs to `&Fiber` for inspection, never to `&mut Fiber`: that would
+/// let safe code swap in a fiber nobody vouched for.
+pub struct SendFiber<I, Y, R, S: Stack = MmapStack>(Fiber<I, Y, R, S>);
+
+// SAFETY: the caller of `into_send` promised that everything on the fiber's
+// stack may move between threads and that no thread-local address is kept
+// across a suspend; the values crossing `resume` are Send by these bounds.
+unsafe impl<I: Send, Y: Send, R: Send, S: Stack + Send> Send for SendFiber<I, Y, R, S> {}
+
+impl<I, Y, R, S: Stack> SendFiber<I, Y, R, S> {
+    /// As [`Fiber::resume`].
+    #[inline]
+    #[track_caller]
+    pub fn resume(&mut self, input: I) -> FiberResult<Y, R> {
+        self.0.resume(input)
+    }
+
+    /// As [`Fiber::try_resume`].
+    ///
+    /// # Errors
+    /// [`Error::FiberFinished`] if the fiber has returned or panicked.
+    #[inline]
+    pub fn try_resume(&mut self, input: I) -> Result<FiberResult<Y, R>, Error> {
+        self.0.try_resume(input)
+    }
+
+    /// The fiber, tied to the current thread again.
+    pub fn into_inner(self) -> Fiber<I, Y, R, S> {
+        self.0
+    }
+}
+
+impl<I, Y, R, S: Stack> std::ops::Deref for SendFiber<I, Y, R, S> {
+    type Target = Fiber<I, Y, R, S>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl<I, Y, R, S: Stack> fmt::Debug for SendFiber<I, Y, R, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}

@@ -1,0 +1,247 @@
+//! `mmap`'d stacks with a guard region, and the guard-page mechanism
+//! (`MADV_GUARD_INSTALL` markers or `mprotect`), detected at run time.
+
+use std::io;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use super::{checked_stack_size, page_size, round_up_to_page, Stack, StackBounds};
+use crate::Error;
+
+/// `madvise` advice that installs guard markers in the page tables
+/// (Linux 6.13+). Not yet in every `libc` release, so named here.
+const MADV_GUARD_INSTALL: libc::c_int = 102;
+
+/// How guard regions are made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GuardKind {
+    /// `madvise(MADV_GUARD_INSTALL)`: guard markers in the page tables. The
+    /// mapping is not split, so a stack costs no extra VMA and the number of
+    /// stacks is not capped by `vm.max_map_count`.
+    Markers,
+    /// `mprotect(PROT_NONE)`: each guard region splits the mapping, so every
+    /// stack costs two VMAs and `vm.max_map_count` (65,530 by default) caps a
+    /// process near 32k stacks.
+    Mprotect,
+}
+
+const KIND_UNKNOWN: u8 = 0;
+const KIND_MARKERS: u8 = 1;
+const KIND_MPROTECT: u8 = 2;
+
+/// What the process uses; settled by the first guard installed (or by
+/// `STACKSWITCH_GUARD=mprotect` in the environment, which forces the
+/// fallback, e.g. to test it on a kernel that has markers).
+static KIND: AtomicU8 = AtomicU8::new(KIND_UNKNOWN);
+
+fn decode(kind: u8) -> Option<GuardKind> {
+    match kind {
+        KIND_MARKERS => Some(GuardKind::Markers),
+        KIND_MPROTECT => Some(GuardKind::Mprotect),
+        _ => None,
+    }
+}
+
+/// The guard mechanism this process uses: markers where the kernel has
+/// them, else `mprotect`. Detected once (by installing a marker on a
+/// scratch page if no stack has been made yet), then cached.
+///
+/// ```
+/// let kind = stackswitch::guard_kind();
+/// println!("guard pages via {kind:?}");
+/// ```
+pub fn guard_kind() -> GuardKind {
+    if let Some(kind) = decode(KIND.load(Ordering::Relaxed)) {
+        return kind;
+    }
+    // Probe with a throw-away page; a stack made later then skips the probe.
+    let page = page_size();
+    // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            page,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        // Cannot probe; mprotect always works, so report that (uncached).
+        return GuardKind::Mprotect;
+    }
+    // SAFETY: addr..addr+page is the mapping made above.
+    let kind = unsafe { install_guard(addr.cast(), page) }.unwrap_or(GuardKind::Mprotect);
+    // SAFETY: the mapping made above, unmapped once.
+    unsafe { libc::munmap(addr, page) };
+    kind
+}
+
+/// Makes `addr..addr + len` a guard region, with markers if the kernel has
+/// them (and the environment does not force `mprotect`), else `mprotect`.
+///
+/// # Safety
+/// `addr..addr + len` must be page aligned and part of a private anonymous
+/// mapping owned by the caller, holding nothing anyone will read.
+pub(crate) unsafe fn install_guard(addr: *mut u8, len: usize) -> Result<GuardKind, Error> {
+    let mut kind = KIND.load(Ordering::Relaxed);
+    if kind == KIND_UNKNOWN
+        && std::env::var_os("STACKSWITCH_GUARD").is_some_and(|v| v == "mprotect")
+    {
+        kind = KIND_MPROTECT;
+        KIND.store(kind, Ordering::Relaxed);
+    }
+    if kind != KIND_MPROTECT {
+        // SAFETY: the caller owns the range; a marker only makes it fault.
+        let rc = unsafe { libc::madvise(addr.cast(), len, MADV_GUARD_INSTALL) };
+        if rc == 0 {
+            KIND.store(KIND_MARKERS, Ordering::Relaxed);
+            return Ok(GuardKind::Markers);
+        }
+        let err = io::Error::last_os_error();
+        // EINVAL: the kernel does not know the advice. Anything else is a
+        // real failure (ENOMEM under memory pressure...), reported as is.
+        if kind == KIND_MARKERS || err.raw_os_error() != Some(libc::EINVAL) {
+            return Err(Error::GuardPage {
+                call: "madvise(MADV_GUARD_INSTALL)",
+                source: err,
+            });
+        }
+        KIND.store(KIND_MPROTECT, Ordering::Relaxed);
+    }
+    // SAFETY: the caller owns the range.
+    if unsafe { libc::mprotect(addr.cast(), len, libc::PROT_NONE) } != 0 {
+        return Err(Error::GuardPage {
+            call: "mprotect(PROT_NONE)",
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(GuardKind::Mprotect)
+}
+
+/// A stack of its own `mmap`: reserved with `MAP_NORESERVE` (the kernel
+/// commits pages as the fiber touches them), a guard region at the low end,
+/// unmapped on drop.
+///
+/// ```
+/// use stackswitch::{MmapStack, Stack};
+/// let stack = MmapStack::new(100_000)?; // rounded up to whole pages
+/// assert_eq!(stack.bounds().size() % 4096, 0);
+/// assert!(stack.bounds().size() >= 100_000);
+/// assert!(MmapStack::new(0).is_err());
+/// # Ok::<(), stackswitch::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct MmapStack {
+    /// Start of the mapping (the guard region).
+    base: NonNull<u8>,
+    /// Bytes mapped: guard + stack.
+    len: usize,
+    /// Bytes of guard region at `base`.
+    guard: usize,
+    kind: GuardKind,
+}
+
+// SAFETY: MmapStack is a handle to a mapping it alone owns; nothing in it is
+// tied to a thread.
+unsafe impl Send for MmapStack {}
+// SAFETY: shared references only read the immutable fields.
+unsafe impl Sync for MmapStack {}
+
+impl MmapStack {
+    /// Reserves a stack of at least `size` usable bytes (rounded up to whole
+    /// pages) with a one-page guard region below it.
+    ///
+    /// # Errors
+    /// [`Error::StackTooSmall`] below [`MIN_STACK_SIZE`](crate::MIN_STACK_SIZE),
+    /// [`Error::StackTooLarge`] above [`MAX_STACK_SIZE`](crate::MAX_STACK_SIZE)
+    /// or when rounding overflows, [`Error::Mmap`] or [`Error::GuardPage`]
+    /// when the kernel refuses.
+    pub fn new(size: usize) -> Result<Self, Error> {
+        Self::with_guard(size, page_size())
+    }
+
+    /// Like [`new`](Self::new), with a guard region of at least `guard`
+    /// bytes (rounded up to whole pages, at least one page).
+    ///
+    /// # Errors
+    /// As [`new`](Self::new), and [`Error::BadGuardSize`] for a guard of 0 or
+    /// above [`MAX_STACK_SIZE`](crate::MAX_STACK_SIZE).
+    pub fn with_guard(size: usize, guard: usize) -> Result<Self, Error> {
+        let size = checked_stack_size(size)?;
+        let page = page_size();
+        let guard = match round_up_to_page(guard, page) {
+            Some(g) if guard > 0 && g <= crate::MAX_STACK_SIZE => g,
+            _ => {
+                return Err(Error::BadGuardSize {
+                    requested: guard,
+                    maximum: crate::MAX_STACK_SIZE,
+                })
+            }
+        };
+        // Both are at most MAX_STACK_SIZE, so the sum cannot overflow.
+        let len = size + guard;
+        // SAFETY: a fresh private anonymous mapping at an address the kernel
+        // picks; no existing memory is affected.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(Error::Mmap {
+                bytes: len,
+                source: io::Error::last_os_error(),
+            });
+        }
+        let base = NonNull::new(addr.cast::<u8>()).expect("mmap returned null on success");
+        // SAFETY: base..base+guard is the page-aligned start of the mapping
+        // made above, holding nothing yet.
+        match unsafe { install_guard(base.as_ptr(), guard) } {
+            Ok(kind) => Ok(MmapStack {
+                base,
+                len,
+                guard,
+                kind,
+            }),
+            Err(e) => {
+                // SAFETY: the mapping made above; nothing refers to it.
+                unsafe { libc::munmap(addr, len) };
+                Err(e)
+            }
+        }
+    }
+
+    /// How this stack's guard region was made.
+    pub fn guard_kind(&self) -> GuardKind {
+        self.kind
+    }
+}
+
+// SAFETY: the mapping is ours until drop; low..high is read-write, the guard
+// below it faults; high is page aligned (so 16-byte aligned); the size was
+// checked against MIN_STACK_SIZE; the bounds never change.
+unsafe impl Stack for MmapStack {
+    #[inline]
+    fn bounds(&self) -> StackBounds {
+        let guard = self.base.as_ptr() as usize;
+        StackBounds {
+            guard,
+            low: guard + self.guard,
+            high: guard + self.len,
+        }
+    }
+}
+
+impl Drop for MmapStack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `with_guard`, unmapped exactly once.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
