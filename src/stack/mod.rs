@@ -27,8 +27,11 @@
 //! from the fiber's frames to the resumer's. The switch frame formats are
 //! described in `asm/x86_64.S` and `asm/aarch64.S`.
 
+pub(crate) mod lookup;
 mod mmap;
 
+pub use lookup::{locate, remaining_stack, thread_stack, StackLocation, MAX_REGIONS};
+pub(crate) use mmap::install_guard;
 pub use mmap::{guard_kind, GuardKind, MmapStack};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
