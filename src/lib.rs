@@ -77,5 +77,6 @@ mod stack;
 pub use error::Error;
 pub use fiber::{Fiber, FiberResult, SendFiber, Suspender};
 pub use stack::{
-    guard_kind, page_size, GuardKind, MmapStack, Stack, StackBounds, MAX_STACK_SIZE, MIN_STACK_SIZE,
+    guard_kind, locate, page_size, remaining_stack, thread_stack, GuardKind, MmapStack, Stack,
+    StackBounds, StackLocation, MAX_REGIONS, MAX_STACK_SIZE, MIN_STACK_SIZE,
 };
