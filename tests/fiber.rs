@@ -1,0 +1,355 @@
+//! The behaviour users rely on: values both ways, nesting, panics, drops,
+//! deep recursion, bad sizes, backtraces, overflow, cross-thread resume.
+
+use std::cell::Cell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use stackswitch::{Error, Fiber, FiberResult, MmapStack, Stack, Suspender, MIN_STACK_SIZE};
+
+mod common;
+
+const STACK: usize = 64 << 10;
+
+#[test]
+fn values_travel_both_ways_over_many_switches() {
+    let mut fiber = Fiber::new(STACK, |first: u64, s: &Suspender<u64, String>| {
+        let mut total = first;
+        for i in 0..10_000u64 {
+            // Hand out a heap value, get a number back.
+            total += s.suspend(format!("{i}:{total}"));
+        }
+        total
+    })
+    .unwrap();
+    let mut expected_total = 5;
+    let mut r = fiber.resume(5);
+    for i in 0..10_000u64 {
+        assert_eq!(r, FiberResult::Yield(format!("{i}:{expected_total}")));
+        expected_total += i;
+        r = fiber.resume(i);
+    }
+    assert_eq!(r, FiberResult::Return(expected_total));
+    assert!(fiber.is_finished());
+}
+
+#[test]
+fn fiber_that_returns_without_suspending() {
+    let mut fiber = Fiber::new(STACK, |x: Vec<u8>, _: &Suspender<Vec<u8>, ()>| x.len()).unwrap();
+    assert!(!fiber.is_started());
+    assert_eq!(fiber.resume(vec![1, 2, 3]), FiberResult::Return(3));
+    assert!(fiber.is_started() && fiber.is_finished());
+}
+
+#[test]
+fn nested_fibers() {
+    // The outer fiber drives an inner one and forwards its values, tagged.
+    let mut outer = Fiber::new(STACK, |n: u32, s: &Suspender<u32, String>| {
+        let mut inner = Fiber::new(STACK, |n: u32, s: &Suspender<u32, u32>| {
+            let mut sum = 0;
+            for i in 0..n {
+                sum += s.suspend(i * 10);
+            }
+            sum
+        })
+        .unwrap();
+        let mut r = inner.resume(n);
+        while let FiberResult::Yield(v) = r {
+            let back = s.suspend(format!("inner yielded {v}"));
+            r = inner.resume(back);
+        }
+        format!("inner returned {}", r.returned().unwrap())
+    })
+    .unwrap();
+    let mut seen = Vec::new();
+    let mut r = outer.resume(3);
+    while let FiberResult::Yield(v) = r {
+        seen.push(v);
+        r = outer.resume(1);
+    }
+    assert_eq!(
+        seen,
+        ["inner yielded 0", "inner yielded 10", "inner yielded 20"]
+    );
+    // The inner fiber summed the three 1s the outer resumer sent through.
+    assert_eq!(r, FiberResult::Return("inner returned 3".to_string()));
+}
+
+#[test]
+fn panic_reaches_resumer_with_payload_and_captured_values_are_dropped() {
+    let captured = Arc::new(());
+    let in_fiber = Arc::clone(&captured);
+    let mut fiber = Fiber::new(STACK, move |(), s: &Suspender<(), ()>| {
+        let _keep = &in_fiber;
+        s.suspend(());
+        std::panic::panic_any(String::from("fiber failed: code 42"));
+    })
+    .unwrap();
+    assert_eq!(fiber.resume(()), FiberResult::Yield(()));
+    assert_eq!(Arc::strong_count(&captured), 2);
+    let payload = catch_unwind(AssertUnwindSafe(|| fiber.resume(()))).unwrap_err();
+    assert_eq!(
+        payload.downcast_ref::<String>().map(String::as_str),
+        Some("fiber failed: code 42")
+    );
+    assert!(fiber.is_finished());
+    assert_eq!(
+        Arc::strong_count(&captured),
+        1,
+        "the closure's captures were dropped during the unwind"
+    );
+    // The resumer's thread goes on normally, and the fiber stays finished.
+    assert!(matches!(fiber.try_resume(()), Err(Error::FiberFinished)));
+}
+
+#[test]
+fn resuming_a_finished_fiber_is_an_error_or_a_clear_panic() {
+    let mut fiber = Fiber::new(STACK, |(), _: &Suspender<(), ()>| 1).unwrap();
+    assert_eq!(fiber.resume(()), FiberResult::Return(1));
+    let err = fiber.try_resume(()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "resume called on a fiber that has finished"
+    );
+    let payload = catch_unwind(AssertUnwindSafe(|| fiber.resume(()))).unwrap_err();
+    let msg = payload.downcast_ref::<String>().unwrap();
+    assert!(msg.contains("finished"), "{msg}");
+}
+
+/// Counts drops.
+struct Counted(Rc<Cell<usize>>);
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() + 1);
+    }
+}
+
+#[test]
+fn drop_of_never_started_fiber_drops_its_closure() {
+    let drops = Rc::new(Cell::new(0));
+    let c = Counted(Rc::clone(&drops));
+    let fiber = Fiber::new(STACK, move |(), _: &Suspender<(), ()>| {
+        let _c = &c;
+    })
+    .unwrap();
+    assert_eq!(drops.get(), 0);
+    drop(fiber);
+    assert_eq!(drops.get(), 1);
+}
+
+#[test]
+fn drop_of_suspended_fiber_runs_destructors_on_its_stack() {
+    let drops = Rc::new(Cell::new(0));
+    let in_fiber = Rc::clone(&drops);
+    let mut fiber = Fiber::new(STACK, move |(), s: &Suspender<(), usize>| {
+        // Values on the fiber's stack at several depths, plus the capture.
+        let _a = Counted(Rc::clone(&in_fiber));
+        fn deeper(s: &Suspender<(), usize>, d: Rc<Cell<usize>>, n: usize) {
+            let _b = Counted(Rc::clone(&d));
+            if n == 0 {
+                s.suspend(0);
+                unreachable!("a dropped fiber never continues normally");
+            }
+            deeper(s, d, n - 1);
+        }
+        deeper(s, Rc::clone(&in_fiber), 4);
+    })
+    .unwrap();
+    assert_eq!(fiber.resume(()), FiberResult::Yield(0));
+    assert_eq!(drops.get(), 0);
+    drop(fiber);
+    // _a + five `_b`s (depth 4..=0); the captured Rc itself is not Counted.
+    assert_eq!(drops.get(), 6);
+    assert_eq!(
+        Rc::strong_count(&drops),
+        1,
+        "the closure's capture was dropped"
+    );
+}
+
+#[test]
+fn drop_of_finished_fiber() {
+    let drops = Rc::new(Cell::new(0));
+    let c = Counted(Rc::clone(&drops));
+    let mut fiber = Fiber::new(STACK, move |(), _: &Suspender<(), ()>| drop(c)).unwrap();
+    assert_eq!(fiber.resume(()), FiberResult::Return(()));
+    assert_eq!(drops.get(), 1);
+    drop(fiber);
+    assert_eq!(drops.get(), 1);
+}
+
+#[test]
+fn suspended_fiber_that_catches_the_unwind_is_still_ended() {
+    // A fiber that swallows panics and keeps suspending must still end when
+    // dropped: each further suspend unwinds again.
+    let rounds = Rc::new(Cell::new(0));
+    let r2 = Rc::clone(&rounds);
+    let mut fiber = Fiber::new(STACK, move |(), s: &Suspender<(), ()>| {
+        for _ in 0..3 {
+            let _ = catch_unwind(AssertUnwindSafe(|| s.suspend(())));
+            r2.set(r2.get() + 1);
+        }
+    })
+    .unwrap();
+    assert_eq!(fiber.resume(()), FiberResult::Yield(()));
+    drop(fiber);
+    assert_eq!(rounds.get(), 3);
+}
+
+#[test]
+fn into_stack_gives_the_stack_back_for_reuse() {
+    let mut fiber = Fiber::new(STACK, |(), s: &Suspender<(), ()>| s.suspend(())).unwrap();
+    let bounds = fiber.stack().bounds();
+    fiber.resume(());
+    let stack = fiber.into_stack().expect("unwound and returned");
+    assert_eq!(stack.bounds(), bounds);
+    let mut again = Fiber::with_stack(stack, |x: u8, _: &Suspender<u8, ()>| x * 2).unwrap();
+    assert_eq!(again.resume(21), FiberResult::Return(42));
+}
+
+#[inline(never)]
+fn recurse_until(limit_low: usize, depth: usize) -> usize {
+    let buf = std::hint::black_box([0u8; 512]);
+    let here = buf.as_ptr() as usize;
+    if here < limit_low {
+        return depth + buf[0] as usize;
+    }
+    recurse_until(limit_low, depth + 1)
+}
+
+#[test]
+fn deep_recursion_uses_most_of_a_small_stack() {
+    let stack = MmapStack::new(MIN_STACK_SIZE * 4).unwrap();
+    let b = stack.bounds();
+    let mut fiber = Fiber::with_stack(stack, move |(), _: &Suspender<(), ()>| {
+        // Recurse until only 4 KiB are left above the guard page.
+        let depth = recurse_until(b.low + 4096, 0);
+        let sp = &depth as *const usize as usize;
+        (depth, sp)
+    })
+    .unwrap();
+    let (depth, _) = fiber.resume(()).returned().unwrap();
+    let used_fraction = (b.size() - 4096) as f64 / b.size() as f64;
+    assert!(depth > 50, "recursed {depth} frames of >= 512 bytes");
+    assert!(used_fraction > 0.9);
+}
+
+#[test]
+fn bad_stack_sizes_are_errors_that_name_the_numbers() {
+    for size in [0, 1, MIN_STACK_SIZE - 1] {
+        let err = MmapStack::new(size).unwrap_err();
+        assert!(
+            matches!(err, Error::StackTooSmall { requested, minimum } if requested == size && minimum == MIN_STACK_SIZE),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains(&format!("stack size {size} ")),
+            "{err}"
+        );
+    }
+    let err = MmapStack::new(usize::MAX).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::StackTooLarge {
+                requested: usize::MAX,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("above the maximum"), "{err}");
+    let err = Fiber::new(0, |(), _: &Suspender<(), ()>| ()).unwrap_err();
+    assert!(matches!(err, Error::StackTooSmall { .. }));
+    let err = MmapStack::with_guard(STACK, 0).unwrap_err();
+    assert!(
+        matches!(err, Error::BadGuardSize { requested: 0, .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn closure_too_large_for_its_stack_is_an_error() {
+    let big = [7u8; 20 << 10];
+    let err = Fiber::new(MIN_STACK_SIZE, move |(), _: &Suspender<(), ()>| big[0]).unwrap_err();
+    assert!(matches!(err, Error::StackTooSmall { .. }), "{err:?}");
+}
+
+#[inline(never)]
+fn resumer_that_names_itself(fiber: &mut Fiber<(), (), String>) -> String {
+    fiber.resume(()).returned().unwrap()
+}
+
+#[test]
+fn backtrace_inside_fiber_names_the_resumer() {
+    let mut fiber = Fiber::new(STACK, |(), _: &Suspender<(), ()>| {
+        std::backtrace::Backtrace::force_capture().to_string()
+    })
+    .unwrap();
+    let trace = resumer_that_names_itself(&mut fiber);
+    assert!(
+        trace.contains("resumer_that_names_itself"),
+        "the unwinder did not cross into the resumer's stack:\n{trace}"
+    );
+}
+
+/// A fiber that overflows its stack dies by the guard page. Runs the
+/// overflow in a child process (this test binary again) and checks how the
+/// child died.
+#[test]
+fn stack_overflow_hits_the_guard_page() {
+    if std::env::var_os("STACKSWITCH_TEST_OVERFLOW_CHILD").is_some() {
+        let mut fiber = Fiber::new(MIN_STACK_SIZE, |(), _: &Suspender<(), ()>| {
+            recurse_until(0, 0) // never bottoms out: runs into the guard page
+        })
+        .unwrap();
+        fiber.resume(());
+        unreachable!("the recursion cannot return");
+    }
+    let out = common::run_child(
+        "stack_overflow_hits_the_guard_page",
+        "STACKSWITCH_TEST_OVERFLOW_CHILD",
+    );
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGSEGV),
+        "child should die of SIGSEGV at the guard page; status {:?}, stderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn cross_thread_resume_through_the_unsafe_opt_in() {
+    let counter = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&counter);
+    let fiber = Fiber::new(STACK, move |start: u64, s: &Suspender<u64, u64>| {
+        let mut x = start;
+        for _ in 0..4 {
+            c.fetch_add(1, Ordering::SeqCst);
+            x = s.suspend(x * 2);
+        }
+        x
+    })
+    .unwrap();
+    // SAFETY: the closure holds an Arc and u64s, all Send, and no
+    // thread-local addresses.
+    let mut fiber = unsafe { fiber.into_send() };
+    let mut value = 1;
+    // Each round resumes the fiber on a new thread.
+    for _ in 0..4 {
+        let (f, r) = std::thread::spawn(move || {
+            let r = fiber.resume(value);
+            (fiber, r)
+        })
+        .join()
+        .unwrap();
+        fiber = f;
+        value = r.yielded().unwrap() + 1;
+    }
+    assert_eq!(fiber.resume(value), FiberResult::Return(value));
+    assert_eq!(counter.load(Ordering::SeqCst), 4);
+}
