@@ -76,7 +76,7 @@
 .endm
 
 /*
- * fn resume(value: x0, slot: x1 = *mut *mut u8) -> (value: x0, status: x2)
+ * fn resume(value: x0, slot: x1 = *mut *mut u8) -> value: x0
  *
  * Resumer -> fiber. Called (`bl`) from the resume stub in src/arch/aarch64.rs.
  * On entry: x30 = return address into the stub; *slot = the fiber's switch
@@ -84,8 +84,10 @@
  * Leaves a switch frame (resume address = x30) on the resumer's stack, stores
  * its address in *slot and branches to the fiber's resume address with x0 and
  * x1 unchanged. It returns, later, when the fiber suspends or finishes: their
- * `ret` through the x30 saved here pairs with this `bl`. x2 then says which
- * (0 yield, 1 finish).
+ * `ret` through the x30 saved here pairs with this `bl`. Bit 0 of the
+ * returned x0 says which (clear: suspended, set: finished). x1 is never
+ * written here, nor in suspend or finish: both sides rely on it still
+ * holding the slot.
  */
         .p2align 4
 STACKSWITCH_FUNCTION(resume)
@@ -132,14 +134,14 @@ STACKSWITCH_END(resume)
 .endm
 
 /*
- * fn suspend(value: x0, slot: x1, status: x2 = 0, continuation: x9) -> value: x0
+ * fn suspend(value: x0 (bit 0 clear), slot: x1, continuation: x9) -> value: x0
  *
  * Fiber -> resumer. Branched to (`b`, not `bl`, so the return-address stack
  * is not pushed) from the suspend stub inlined into fiber code, with x9 =
  * the stub's continuation label. On entry: *slot = the resumer's switch
  * frame. Leaves the fiber's switch frame (resume address = x9), stores its
  * address in *slot, restores the resumer and returns into its resume stub
- * with x0 = value, x2 = status.
+ * with x0 = value.
  */
         .p2align 4
 STACKSWITCH_FUNCTION(suspend)
@@ -159,7 +161,7 @@ STACKSWITCH_FUNCTION(suspend)
 STACKSWITCH_END(suspend)
 
 /*
- * fn finish(value: x0, slot: x1, status: x2 = 1) -> !
+ * fn finish(value: x0 (bit 0 set: finished), slot: x1) -> !
  *
  * The fiber's last switch: called from the fiber's Rust entry once
  * everything on the fiber's stack has been dropped. Nothing of the fiber

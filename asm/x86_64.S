@@ -110,7 +110,7 @@
 .endm
 
 /*
- * fn resume(value: rdi, slot: rsi = *mut *mut u8) -> (value: rdi, status: rdx)
+ * fn resume(value: rdi, slot: rsi = *mut *mut u8) -> value: rdi
  *
  * Resumer -> fiber. Called (`call`) from the resume stub in src/arch/x86_64.rs.
  * On entry: rsp = 8 (mod 16), [rsp] = return address into the stub; *slot =
@@ -120,7 +120,9 @@
  * and continues the fiber at its resume address with rdi and rsi unchanged.
  * It returns, later, when the fiber suspends or finishes: their `ret` pops
  * the return address this `call` pushed, so calls and returns stay paired
- * for the return-address predictor. rdx then says which (0 yield, 1 finish).
+ * for the return-address predictor. Bit 0 of the returned rdi says which
+ * (clear: suspended, set: finished). rsi is never written here, nor in
+ * suspend or finish: both sides rely on it still holding the slot.
  */
         .p2align 4
 STACKSWITCH_FUNCTION(resume)
@@ -146,15 +148,15 @@ STACKSWITCH_FUNCTION(resume)
 STACKSWITCH_END(resume)
 
 /*
- * fn suspend(value: rdi, slot: rsi, status: rdx = 0) -> value: rdi
+ * fn suspend(value: rdi, slot: rsi) -> value: rdi
  *
  * Fiber -> resumer. Jumped to (`jmp`, not `call`) from the suspend stub that
  * is inlined into fiber code, after the stub pushed its continuation label.
  * On entry: [rsp] = that continuation, so the stack looks like a call's and
  * the default CFI (CFA = rsp + 8, return address at CFA - 8) is right;
- * *slot = the resumer's switch frame; rdx = 0 (yield).
+ * *slot = the resumer's switch frame; bit 0 of rdi is clear (suspended).
  * Leaves the fiber's switch frame, stores its address in *slot, restores the
- * resumer and returns into its resume stub, with rdi = value, rdx = status.
+ * resumer and returns into its resume stub, with rdi = value.
  */
         .p2align 4
 STACKSWITCH_FUNCTION(suspend)
@@ -168,7 +170,7 @@ STACKSWITCH_FUNCTION(suspend)
 STACKSWITCH_END(suspend)
 
 /*
- * fn finish(value: rdi, slot: rsi, status: rdx = 1) -> !
+ * fn finish(value: rdi (bit 0 set: finished), slot: rsi) -> !
  *
  * The fiber's last switch: called from the fiber's Rust entry once
  * everything on the fiber's stack has been dropped. Nothing of the fiber is

@@ -159,12 +159,13 @@ impl<I, Y> Suspender<I, Y> {
     /// it unwinds the fiber's stack so that its destructors run.
     #[inline(always)]
     pub fn suspend(&self, value: Y) -> I {
-        let value = ManuallyDrop::new(value);
+        // 2-aligned, so bit 0 of its address is clear: "suspended".
+        let value = arch::Aligned2(ManuallyDrop::new(value));
         // SAFETY: a Suspender is only lent to the closure running on the
         // stack of the fiber whose slot this is, so this runs on that stack
         // while it runs. The resumer moves `value` out before this frame
         // continues, hence ManuallyDrop.
-        let input = unsafe { arch::suspend(&*value as *const Y as usize, self.slot) };
+        let input = unsafe { arch::suspend(&value as *const _ as usize, self.slot) };
         if input == 0 {
             forced_unwind();
         }
@@ -223,8 +224,11 @@ where
     // Everything else on this stack has been dropped; `exit` is moved out by
     // the resumer, which then never switches here again.
     let exit = ManuallyDrop::new(exit);
+    // Exit<R> holds a Box, so its address is even: bit 0 is free to say
+    // "finished".
+    let word = &*exit as *const Exit<R> as usize | arch::FINISHED;
     // SAFETY: we are on this fiber's stack, and nothing on it needs dropping.
-    unsafe { arch::finish(&*exit as *const Exit<R> as usize, slot) }
+    unsafe { arch::finish(word, slot) }
 }
 
 /// Bytes kept free for the fiber's own frames beyond its closure and slot.
@@ -305,8 +309,13 @@ impl<I, Y, R, S: Stack> Fiber<I, Y, R, S> {
     #[inline]
     #[track_caller]
     pub fn resume(&mut self, input: I) -> FiberResult<Y, R> {
-        if self.state == State::Finished {
-            resumed_finished();
+        // The hot path: a suspended fiber. Only the first resume (Fresh) and
+        // finishing write the state, so a yield costs no store.
+        if self.state != State::Suspended {
+            if self.state == State::Finished {
+                resumed_finished();
+            }
+            self.state = State::Suspended;
         }
         self.switch_in(input)
     }
@@ -317,8 +326,10 @@ impl<I, Y, R, S: Stack> Fiber<I, Y, R, S> {
     /// [`Error::FiberFinished`] if the fiber has returned or panicked.
     #[inline]
     pub fn try_resume(&mut self, input: I) -> Result<FiberResult<Y, R>, Error> {
-        if self.state == State::Finished {
-            return Err(Error::FiberFinished);
+        match self.state {
+            State::Finished => return Err(Error::FiberFinished),
+            State::Fresh => self.state = State::Suspended,
+            State::Suspended => {}
         }
         Ok(self.switch_in(input))
     }
@@ -326,19 +337,18 @@ impl<I, Y, R, S: Stack> Fiber<I, Y, R, S> {
     #[inline(always)]
     fn switch_in(&mut self, input: I) -> FiberResult<Y, R> {
         let input = ManuallyDrop::new(input);
-        // SAFETY: the fiber is Fresh or Suspended (checked by the callers), so
+        // SAFETY: the callers checked the fiber was Fresh or Suspended, so
         // its slot holds its switch frame and its stack is alive (we own it).
         // It moves `input` out before running user code, hence ManuallyDrop.
-        let (out, status) = unsafe { arch::resume(&*input as *const I as usize, self.slot) };
-        if status == arch::STATUS_YIELD {
-            self.state = State::Suspended;
+        let out = unsafe { arch::resume(&*input as *const I as usize, self.slot) };
+        if out & arch::FINISHED == 0 {
             // SAFETY: on yield, `out` points at a Y in the suspended fiber's
             // frame, which it will not drop (ManuallyDrop in `suspend`).
             FiberResult::Yield(unsafe { ptr::read(out as *const Y) })
         } else {
-            // SAFETY: on finish, `out` points at the Exit<R> the entry left
-            // on the fiber's stack, which stays mapped (we own it).
-            let exit = unsafe { ptr::read(out as *const Exit<R>) };
+            // SAFETY: on finish, `out` (less bit 0) points at the Exit<R> the
+            // entry left on the fiber's stack, which stays mapped (we own it).
+            let exit = unsafe { ptr::read((out & !arch::FINISHED) as *const Exit<R>) };
             self.finished(exit)
         }
     }
@@ -434,8 +444,8 @@ impl<I, Y, R, S: Stack> Fiber<I, Y, R, S> {
         loop {
             // SAFETY: the fiber is suspended; 0 asks its pending `suspend`
             // to unwind instead of reading an input.
-            let (out, status) = unsafe { arch::resume(0, self.slot) };
-            if status == arch::STATUS_YIELD {
+            let out = unsafe { arch::resume(0, self.slot) };
+            if out & arch::FINISHED == 0 {
                 // The fiber caught the unwind and suspended again: drop what
                 // it yielded and ask again until it finishes.
                 // SAFETY: as in `switch_in`.
@@ -444,7 +454,7 @@ impl<I, Y, R, S: Stack> Fiber<I, Y, R, S> {
             }
             self.state = State::Finished;
             // SAFETY: as in `switch_in`.
-            match unsafe { ptr::read(out as *const Exit<R>) } {
+            match unsafe { ptr::read((out & !arch::FINISHED) as *const Exit<R>) } {
                 Exit::Unwound => {}
                 // It caught the unwind and returned normally.
                 Exit::Return(r) => drop(r),

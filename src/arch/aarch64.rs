@@ -50,44 +50,69 @@ impl InitialFrame {
     }
 }
 
+/// An `asm!` block that enters the `.S` switch, with every register the
+/// other side may change declared clobbered -- except x1, which holds the
+/// slot on both sides of every switch (each side passes its own copy of the
+/// same slot, and the `.S` never writes x1), so the compiler need not reload
+/// it. x19 and x29, which `asm!` cannot name, are saved by the `.S`; so is
+/// x30 on the resumer's side. This is `clobber_abi("C")` minus x1, plus
+/// x20-x28, written out; all of v0-v31 are listed because only the low
+/// halves of v8-v15 are callee-saved.
+macro_rules! switch_asm {
+    ($($body:tt)*) => {
+        asm!(
+            $($body)*
+            out("x2") _, out("x3") _, out("x4") _, out("x5") _, out("x6") _,
+            out("x7") _, out("x8") _, out("x9") _, out("x10") _, out("x11") _,
+            out("x12") _, out("x13") _, out("x14") _, out("x15") _,
+            out("x16") _, out("x17") _,
+            out("x20") _, out("x21") _, out("x22") _, out("x23") _, out("x24") _,
+            out("x25") _, out("x26") _, out("x27") _, out("x28") _, out("x30") _,
+            out("v0") _, out("v1") _, out("v2") _, out("v3") _,
+            out("v4") _, out("v5") _, out("v6") _, out("v7") _,
+            out("v8") _, out("v9") _, out("v10") _, out("v11") _,
+            out("v12") _, out("v13") _, out("v14") _, out("v15") _,
+            out("v16") _, out("v17") _, out("v18") _, out("v19") _,
+            out("v20") _, out("v21") _, out("v22") _, out("v23") _,
+            out("v24") _, out("v25") _, out("v26") _, out("v27") _,
+            out("v28") _, out("v29") _, out("v30") _, out("v31") _,
+        )
+    };
+}
+
+// SVE's predicate registers and the upper parts of its z registers are not
+// in the list above. Refuse to build rather than let a switch corrupt them.
+#[cfg(target_feature = "sve")]
+compile_error!("stackswitch's switch does not yet declare the SVE registers as clobbered");
+
 /// Switches from the resumer into the fiber whose slot is `slot`, handing it
-/// `value`; returns what the fiber handed back and the status.
+/// `value`; returns what the fiber handed back: a pointer with bit 0 clear
+/// if it suspended, set if it finished.
 ///
 /// # Safety
 /// `slot` must be the slot of a started-or-fresh fiber that is not running,
 /// whose stack is alive; `value` must be what that fiber expects.
 #[inline(always)]
-pub(crate) unsafe fn resume(value: usize, slot: *mut usize) -> (usize, usize) {
+pub(crate) unsafe fn resume(value: usize, slot: *mut usize) -> usize {
     let out: usize;
-    let status: usize;
     // SAFETY: `bl` enters the .S resume, which saves x19/x29/x30 itself;
-    // every other register it or the fiber may change is declared here
-    // (clobber_abi covers x0-x17, x30 and v0-v31, x20-x28 are listed), so the
-    // compiler keeps nothing live in them, d8-d15 included.
+    // every other register it or the fiber may change is declared
+    // (switch_asm), so the compiler keeps nothing live in them, d8-d15
+    // included.
     unsafe {
-        asm!(
+        switch_asm!(
             "bl {resume}",
             resume = sym stackswitch_resume_v1,
             inout("x0") value => out,
             in("x1") slot,
-            lateout("x2") status,
-            lateout("x20") _,
-            lateout("x21") _,
-            lateout("x22") _,
-            lateout("x23") _,
-            lateout("x24") _,
-            lateout("x25") _,
-            lateout("x26") _,
-            lateout("x27") _,
-            lateout("x28") _,
-            clobber_abi("C"),
         );
     }
-    (out, status)
+    out
 }
 
 /// Switches from the running fiber back to its resumer, handing it `value`
-/// with status "yield"; returns the value of the next `resume`.
+/// (a pointer with bit 0 clear: "suspended"); returns the value of the next
+/// `resume`.
 ///
 /// Always inlined: the stub branches (`b`, not `bl`) into the `.S` with its
 /// continuation in x9, so the `.S`'s `ret` pairs with the resumer's `bl`.
@@ -97,35 +122,23 @@ pub(crate) unsafe fn resume(value: usize, slot: *mut usize) -> (usize, usize) {
 #[inline(always)]
 pub(crate) unsafe fn suspend(value: usize, slot: *mut usize) -> usize {
     let out: usize;
-    // SAFETY: as for `resume`; x9 and x2 are caller-saved and so declared
-    // clobbered by clobber_abi("C").
+    // SAFETY: as for `resume`; x9 is declared clobbered by switch_asm.
     unsafe {
-        asm!(
+        switch_asm!(
             "adr x9, 2f",        // x9 = where this fiber continues
-            "mov x2, xzr",       // status: yield
             "b {suspend}",
             "2:",
             "hint #34",          // bti c: reached by resume's br x17
             suspend = sym stackswitch_suspend_v1,
             inout("x0") value => out,
             in("x1") slot,
-            lateout("x20") _,
-            lateout("x21") _,
-            lateout("x22") _,
-            lateout("x23") _,
-            lateout("x24") _,
-            lateout("x25") _,
-            lateout("x26") _,
-            lateout("x27") _,
-            lateout("x28") _,
-            clobber_abi("C"),
         );
     }
     out
 }
 
-/// Leaves a fiber for good, handing `value` to its resumer with status
-/// "finish".
+/// Leaves a fiber for good, handing `value` (bit 0 set: "finished") to its
+/// resumer.
 ///
 /// # Safety
 /// Must run on the stack of the fiber whose slot is `slot`, with nothing left
@@ -140,7 +153,6 @@ pub(crate) unsafe fn finish(value: usize, slot: *mut usize) -> ! {
             finish = sym stackswitch_finish_v1,
             in("x0") value,
             in("x1") slot,
-            in("x2") super::STATUS_FINISH,
             options(noreturn),
         );
     }

@@ -3,16 +3,16 @@
 //! that mirrors the `.S` layout (with const-asserted offsets).
 //!
 //! Every architecture module provides the same items:
-//! - `resume(value, slot) -> (value, status)`, always inlined;
+//! - `resume(value, slot) -> value`, always inlined;
 //! - `suspend(value, slot) -> value`, always inlined;
 //! - `finish(value, slot) -> !`;
 //! - `InitialFrame::new(entry, data)` and `FRAME_SIZE`;
 //! - `call_on_stack(arg, f, sp)`.
 //!
 //! The word that travels in a register both ways is a pointer to the value
-//! handed over (the resumer's input, the fiber's yield or exit), or 0 from a
-//! resumer that wants the fiber to unwind. The status says what the fiber
-//! did: [`STATUS_YIELD`] or [`STATUS_FINISH`].
+//! handed over: the resumer's input, or the fiber's yield (bit 0 clear) or
+//! exit (bit 0 set, see [`FINISHED`]); or 0 from a resumer that wants the
+//! fiber to unwind.
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
@@ -24,10 +24,13 @@ pub(crate) use aarch64::*;
 #[cfg(target_arch = "x86_64")]
 pub(crate) use x86_64::*;
 
-/// Status of a switch back to the resumer: the fiber suspended.
-pub(crate) const STATUS_YIELD: usize = 0;
-/// Status of a switch back to the resumer: the fiber finished.
-pub(crate) const STATUS_FINISH: usize = 1;
+/// Bit 0 of the word a fiber hands back: set when it finished, clear when
+/// it suspended (the yielded value's address is 2-aligned: [`Aligned2`]).
+pub(crate) const FINISHED: usize = 1;
+
+/// A value whose address has bit 0 clear, so that bit can say "finished".
+#[repr(C, align(2))]
+pub(crate) struct Aligned2<T>(pub(crate) T);
 
 /// The Rust function a fiber's trampoline calls first:
 /// `entry(value, data, slot)`, which never returns (it leaves by `finish`).

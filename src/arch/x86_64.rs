@@ -78,40 +78,64 @@ impl InitialFrame {
     }
 }
 
+/// An `asm!` block that enters the `.S` switch, with every register the
+/// other side may change declared clobbered -- except rsi, which holds the
+/// slot on both sides of every switch (each side passes its own copy of the
+/// same slot, and the `.S` never writes rsi), so the compiler need not
+/// reload it. rbx and rbp, which `asm!` cannot name, are saved by the `.S`.
+/// This is `clobber_abi("C")` minus rsi, written out.
+macro_rules! switch_asm {
+    ($($body:tt)*) => {
+        asm!(
+            $($body)*
+            out("rax") _, out("rcx") _, out("rdx") _,
+            out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+            out("r12") _, out("r13") _, out("r14") _, out("r15") _,
+            out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _,
+            out("xmm4") _, out("xmm5") _, out("xmm6") _, out("xmm7") _,
+            out("xmm8") _, out("xmm9") _, out("xmm10") _, out("xmm11") _,
+            out("xmm12") _, out("xmm13") _, out("xmm14") _, out("xmm15") _,
+            out("mm0") _, out("mm1") _, out("mm2") _, out("mm3") _,
+            out("mm4") _, out("mm5") _, out("mm6") _, out("mm7") _,
+            out("st(0)") _, out("st(1)") _, out("st(2)") _, out("st(3)") _,
+            out("st(4)") _, out("st(5)") _, out("st(6)") _, out("st(7)") _,
+        )
+    };
+}
+
+// xmm16-31 and k1-k7 exist only with AVX-512; the list above would not
+// cover them. Refuse to build rather than let a switch corrupt them.
+#[cfg(target_feature = "avx512f")]
+compile_error!("stackswitch's switch does not yet declare the AVX-512 registers as clobbered");
+
 /// Switches from the resumer into the fiber whose slot is `slot`, handing it
-/// `value`; returns what the fiber handed back and the status.
+/// `value`; returns what the fiber handed back: a pointer with bit 0 clear
+/// if it suspended, set if it finished.
 ///
 /// # Safety
 /// `slot` must be the slot of a started-or-fresh fiber that is not running,
 /// whose stack is alive; `value` must be what that fiber expects.
 #[inline(always)]
-pub(crate) unsafe fn resume(value: usize, slot: *mut usize) -> (usize, usize) {
+pub(crate) unsafe fn resume(value: usize, slot: *mut usize) -> usize {
     let out: usize;
-    let status: usize;
     // SAFETY: `call` enters the .S resume, which saves rbx/rbp itself; every
-    // other register it or the fiber may change is declared here (clobber_abi
-    // covers the caller-saved ones, r12-r15 are listed), so the compiler
-    // keeps nothing live in them. The stack is aligned for a call (no
-    // `nostack`), and nothing lives in the red zone across the asm block.
+    // other register it or the fiber may change is declared (switch_asm), so
+    // the compiler keeps nothing live in them. The stack is aligned for a
+    // call (no `nostack`), and nothing lives in the red zone across the block.
     unsafe {
-        asm!(
+        switch_asm!(
             "call {resume}",
             resume = sym stackswitch_resume_v1,
             inout("rdi") value => out,
             in("rsi") slot,
-            lateout("rdx") status,
-            lateout("r12") _,
-            lateout("r13") _,
-            lateout("r14") _,
-            lateout("r15") _,
-            clobber_abi("C"),
         );
     }
-    (out, status)
+    out
 }
 
 /// Switches from the running fiber back to its resumer, handing it `value`
-/// with status "yield"; returns the value of the next `resume`.
+/// (a pointer with bit 0 clear: "suspended"); returns the value of the next
+/// `resume`.
 ///
 /// Always inlined: the stub pushes its own continuation and jumps into the
 /// `.S`, whose `ret` then pairs with the resumer's `call`. Through a
@@ -126,28 +150,22 @@ pub(crate) unsafe fn suspend(value: usize, slot: *mut usize) -> usize {
     // the stack look like a call's to the .S, which pops it by switching
     // back here through resume's `jmp`.
     unsafe {
-        asm!(
+        switch_asm!(
             "lea rax, [rip + 2f]",  // rax = where this fiber continues
             "push rax",             // its switch frame's resume address
-            "xor edx, edx",         // status: yield
             "jmp {suspend}",
             "2:",
             "endbr64",              // reached by resume's indirect jmp
             suspend = sym stackswitch_suspend_v1,
             inout("rdi") value => out,
             in("rsi") slot,
-            lateout("r12") _,
-            lateout("r13") _,
-            lateout("r14") _,
-            lateout("r15") _,
-            clobber_abi("C"),
         );
     }
     out
 }
 
-/// Leaves a fiber for good, handing `value` to its resumer with status
-/// "finish".
+/// Leaves a fiber for good, handing `value` (bit 0 set: "finished") to its
+/// resumer.
 ///
 /// # Safety
 /// Must run on the stack of the fiber whose slot is `slot`, with nothing left
@@ -162,7 +180,6 @@ pub(crate) unsafe fn finish(value: usize, slot: *mut usize) -> ! {
             finish = sym stackswitch_finish_v1,
             in("rdi") value,
             in("rsi") slot,
-            in("rdx") super::STATUS_FINISH,
             options(noreturn),
         );
     }
