@@ -31,11 +31,15 @@
  *
  * For the resumer, the resume address is the x30 its `bl` set; for a fiber,
  * the continuation label its suspend stub computed with `adr`, or the
- * trampoline for a fiber that has not started. The slot is one word near the
- * top of the fiber's stack; it holds the fiber's sp while the fiber is
- * suspended and the resumer's while the fiber runs. The whole stack layout is
- * drawn in src/stack/mod.rs; src/arch/aarch64.rs mirrors the constants below
- * and const-asserts them.
+ * trampoline for a fiber that has not started.
+ *
+ * Where the two stack pointers live. The slot, one word near the top of the
+ * fiber's stack, holds the resumer's sp while the fiber runs (suspend,
+ * finish and the trampoline's CFI read it there). The fiber's own sp travels
+ * in a register: suspend hands it back in x2, the Rust side keeps it in the
+ * Fiber, and resume takes it in x2. The whole stack layout is drawn in
+ * src/stack/mod.rs; src/arch/aarch64.rs mirrors the constants below and
+ * const-asserts them.
  *
  * Branch targets: resume addresses are reached by `br x17`, so they carry
  * `bti c` (hint #34), which admits br through x16/x17 and blr. Saved return
@@ -76,18 +80,19 @@
 .endm
 
 /*
- * fn resume(value: x0, slot: x1 = *mut *mut u8) -> value: x0
+ * fn resume(value: x0, slot: x1 = *mut *mut u8, fiber_sp: x2)
+ *     -> (value: x0, fiber_sp: x2)
  *
  * Resumer -> fiber. Called (`bl`) from the resume stub in src/arch/aarch64.rs.
- * On entry: x30 = return address into the stub; *slot = the fiber's switch
+ * On entry: x30 = return address into the stub; x2 = the fiber's switch
  * frame; x0 = the word handed to the fiber (a pointer to its input).
  * Leaves a switch frame (resume address = x30) on the resumer's stack, stores
  * its address in *slot and branches to the fiber's resume address with x0 and
  * x1 unchanged. It returns, later, when the fiber suspends or finishes: their
  * `ret` through the x30 saved here pairs with this `bl`. Bit 0 of the
- * returned x0 says which (clear: suspended, set: finished). x1 is never
- * written here, nor in suspend or finish: both sides rely on it still
- * holding the slot.
+ * returned x0 says which (clear: suspended, set: finished); x2 is the
+ * fiber's new sp after a suspend. x1 is never written here, nor in suspend
+ * or finish: both sides rely on it still holding the slot.
  */
         .p2align 4
 STACKSWITCH_FUNCTION(resume)
@@ -98,7 +103,6 @@ STACKSWITCH_FUNCTION(resume)
         .cfi_offset x19, FRAME_X19 - FRAME_SIZE
         .cfi_offset x29, FRAME_X29 - FRAME_SIZE
         .cfi_offset x30, FRAME_PC - FRAME_SIZE
-        ldr     x9, [x1]                        /* x9 = the fiber's sp */
         mov     x10, sp
         str     x10, [x1]                       /* slot = the resumer's switch frame */
         /* From here the unwinder finds the resumer's frame through the slot:
@@ -110,7 +114,7 @@ STACKSWITCH_FUNCTION(resume)
         .cfi_escape 0x10, 30, 5, 0x71, 0, 0x06, 0x23, FRAME_PC
         .cfi_escape 0x10, 29, 5, 0x71, 0, 0x06, 0x23, FRAME_X29
         .cfi_escape 0x10, 19, 5, 0x71, 0, 0x06, 0x23, FRAME_X19
-        mov     sp, x9                          /* now on the fiber's stack */
+        mov     sp, x2                          /* now on the fiber's stack */
         LOAD_FRAME x17                          /* x17 = the fiber's resume address */
         br      x17                             /* continue the fiber; x0 = value */
         .cfi_endproc
@@ -134,14 +138,15 @@ STACKSWITCH_END(resume)
 .endm
 
 /*
- * fn suspend(value: x0 (bit 0 clear), slot: x1, continuation: x9) -> value: x0
+ * fn suspend(value: x0 (bit 0 clear), slot: x1, continuation: x9)
+ *     -> (value: x0; x2 clobbered)
  *
  * Fiber -> resumer. Branched to (`b`, not `bl`, so the return-address stack
  * is not pushed) from the suspend stub inlined into fiber code, with x9 =
  * the stub's continuation label. On entry: *slot = the resumer's switch
- * frame. Leaves the fiber's switch frame (resume address = x9), stores its
- * address in *slot, restores the resumer and returns into its resume stub
- * with x0 = value.
+ * frame. Leaves the fiber's switch frame (resume address = x9), hands its
+ * address to the resumer in x2, restores the resumer and returns into its
+ * resume stub with x0 = value.
  */
         .p2align 4
 STACKSWITCH_FUNCTION(suspend)
@@ -152,9 +157,8 @@ STACKSWITCH_FUNCTION(suspend)
         .cfi_offset x19, FRAME_X19 - FRAME_SIZE
         .cfi_offset x29, FRAME_X29 - FRAME_SIZE
         .cfi_offset x30, FRAME_PC - FRAME_SIZE
+        mov     x2, sp                          /* x2 = the fiber's switch frame, for the resumer */
         ldr     x10, [x1]                       /* x10 = the resumer's sp */
-        mov     x11, sp
-        str     x11, [x1]                       /* slot = the fiber's switch frame */
         mov     sp, x10                         /* now on the resumer's stack */
         RETURN_TO_RESUMER
         .cfi_endproc
@@ -179,7 +183,7 @@ STACKSWITCH_END(finish)
 /*
  * The first frame of every fiber. Reached by resume's `br x17` the first
  * time a fiber runs, from the initial switch frame Rust wrote
- * (src/arch/aarch64.rs, InitialFrame): x19 = the Rust entry function,
+ * (src/arch/aarch64.rs, InitialFrame, just below the slot): x19 = the Rust entry function,
  * x29 = its data pointer, sp = the slot (16-byte aligned), x0 = first value.
  *
  * Calls entry(value: x0, data: x1, slot: x2) -> !, which leaves through

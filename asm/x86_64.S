@@ -31,11 +31,16 @@
  *
  * For the resumer, the resume address is the return address its `call`
  * pushed; for a fiber, it is the continuation label its suspend stub pushed,
- * or the trampoline for a fiber that has not started. The slot is one word
- * near the top of the fiber's stack; it holds the fiber's stack pointer while
- * the fiber is suspended and the resumer's while the fiber runs. The whole
- * stack layout is drawn in src/stack/mod.rs; src/arch/x86_64.rs mirrors the
- * constants below and const-asserts them.
+ * or the trampoline for a fiber that has not started.
+ *
+ * Where the two stack pointers live. The slot, one word near the top of the
+ * fiber's stack, holds the resumer's stack pointer while the fiber runs
+ * (suspend, finish and the trampoline's CFI read it there). The fiber's own
+ * stack pointer travels in a register: suspend hands it back in rdx, the
+ * Rust side keeps it in the Fiber, and resume takes it in rdx. So a round
+ * trip has one store-to-load dependency through memory (the slot), not two.
+ * The whole stack layout is drawn in src/stack/mod.rs; src/arch/x86_64.rs
+ * mirrors the constants below and const-asserts them.
  */
 #include "common.h"
 
@@ -110,25 +115,26 @@
 .endm
 
 /*
- * fn resume(value: rdi, slot: rsi = *mut *mut u8) -> value: rdi
+ * fn resume(value: rdi, slot: rsi = *mut *mut u8, fiber_sp: rdx)
+ *     -> (value: rdi, fiber_sp: rdx)
  *
  * Resumer -> fiber. Called (`call`) from the resume stub in src/arch/x86_64.rs.
- * On entry: rsp = 8 (mod 16), [rsp] = return address into the stub; *slot =
- * the fiber's saved stack pointer (its switch frame); rdi = the word handed
- * to the fiber (a pointer to its input).
+ * On entry: rsp = 8 (mod 16), [rsp] = return address into the stub;
+ * rdx = the fiber's saved stack pointer (its switch frame); rdi = the word
+ * handed to the fiber (a pointer to its input).
  * Leaves a switch frame on the resumer's stack, stores its address in *slot,
  * and continues the fiber at its resume address with rdi and rsi unchanged.
  * It returns, later, when the fiber suspends or finishes: their `ret` pops
  * the return address this `call` pushed, so calls and returns stay paired
  * for the return-address predictor. Bit 0 of the returned rdi says which
- * (clear: suspended, set: finished). rsi is never written here, nor in
- * suspend or finish: both sides rely on it still holding the slot.
+ * (clear: suspended, set: finished); rdx is the fiber's new stack pointer
+ * after a suspend. rsi is never written here, nor in suspend or finish:
+ * both sides rely on it still holding the slot.
  */
         .p2align 4
 STACKSWITCH_FUNCTION(resume)
         .cfi_startproc
         SAVE_FRAME
-        mov     rax, [rsi]              /* rax = the fiber's stack pointer */
         mov     [rsi], rsp              /* slot = the resumer's switch frame */
         /* From here the unwinder finds the resumer's frame through the slot:
          * CFA = *rsi + FRAME_SIZE, the saved registers at fixed offsets.
@@ -140,7 +146,7 @@ STACKSWITCH_FUNCTION(resume)
         .cfi_escape 0x10, 16, 5, 0x74, 0, 0x06, 0x23, FRAME_PC   /* rip */
         .cfi_escape 0x10, 6, 5, 0x74, 0, 0x06, 0x23, FRAME_RBP   /* rbp */
         .cfi_escape 0x10, 3, 5, 0x74, 0, 0x06, 0x23, FRAME_RBX   /* rbx */
-        mov     rsp, rax                /* now on the fiber's stack */
+        mov     rsp, rdx                /* now on the fiber's stack */
         RESTORE_FRAME
         pop     rcx                     /* rcx = the fiber's resume address */
         jmp     rcx                     /* continue the fiber; rdi = value */
@@ -148,23 +154,22 @@ STACKSWITCH_FUNCTION(resume)
 STACKSWITCH_END(resume)
 
 /*
- * fn suspend(value: rdi, slot: rsi) -> value: rdi
+ * fn suspend(value: rdi, slot: rsi) -> (value: rdi; rdx clobbered)
  *
  * Fiber -> resumer. Jumped to (`jmp`, not `call`) from the suspend stub that
  * is inlined into fiber code, after the stub pushed its continuation label.
  * On entry: [rsp] = that continuation, so the stack looks like a call's and
  * the default CFI (CFA = rsp + 8, return address at CFA - 8) is right;
  * *slot = the resumer's switch frame; bit 0 of rdi is clear (suspended).
- * Leaves the fiber's switch frame, stores its address in *slot, restores the
- * resumer and returns into its resume stub, with rdi = value.
+ * Leaves the fiber's switch frame, hands its address to the resumer in rdx,
+ * restores the resumer and returns into its resume stub, with rdi = value.
  */
         .p2align 4
 STACKSWITCH_FUNCTION(suspend)
         .cfi_startproc
         SAVE_FRAME
-        mov     rax, [rsi]              /* rax = the resumer's stack pointer */
-        mov     [rsi], rsp              /* slot = the fiber's switch frame */
-        mov     rsp, rax                /* now on the resumer's stack */
+        mov     rdx, rsp                /* rdx = the fiber's switch frame, for the resumer */
+        mov     rsp, [rsi]              /* now on the resumer's stack */
         RETURN_TO_RESUMER
         .cfi_endproc
 STACKSWITCH_END(suspend)
@@ -174,7 +179,7 @@ STACKSWITCH_END(suspend)
  *
  * The fiber's last switch: called from the fiber's Rust entry once
  * everything on the fiber's stack has been dropped. Nothing of the fiber is
- * saved; the slot is left pointing at the resumer's (now stale) frame.
+ * saved; rdx is left as it is (the resumer ignores it after a finish).
  */
         .p2align 4
 STACKSWITCH_FUNCTION(finish)
@@ -187,8 +192,9 @@ STACKSWITCH_END(finish)
 /*
  * The first frame of every fiber. Reached by resume's `jmp` the first time a
  * fiber runs, from the initial switch frame Rust wrote (src/arch/x86_64.rs,
- * InitialFrame): rbx = the Rust entry function, rbp = its data pointer,
- * rsp = the slot (16-byte aligned), rdi = the first value.
+ * InitialFrame, just below the slot): rbx = the Rust entry function,
+ * rbp = its data pointer, rsp = the slot (16-byte aligned), rdi = the first
+ * value.
  *
  * Calls entry(value: rdi, data: rsi, slot: rdx) -> !, which never returns:
  * it leaves through `finish`.

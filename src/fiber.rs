@@ -120,6 +120,8 @@ enum State {
 pub struct Fiber<I, Y, R, S: Stack = MmapStack> {
     /// The slot near the top of the stack (see `stack` module docs).
     slot: *mut usize,
+    /// The fiber's switch frame while it is fresh or suspended.
+    sp: usize,
     state: State,
     /// Drops the closure in place, while `Fresh`.
     drop_closure: unsafe fn(*mut u8),
@@ -284,9 +286,10 @@ impl<I: 'static, Y, R, S: Stack> Fiber<I, Y, R, S> {
         unsafe { (closure as *mut F).write(f) };
         // SAFETY: the slot is 16-byte aligned, inside the stack, with
         // FRAME_SIZE + MIN_FREE_STACK bytes below it (checked above).
-        unsafe { arch::init_fiber(slot, fiber_entry::<F, I, Y, R>, closure as *mut u8) };
+        let sp = unsafe { arch::init_fiber(slot, fiber_entry::<F, I, Y, R>, closure as *mut u8) };
         Ok(Fiber {
             slot,
+            sp,
             state: State::Fresh,
             drop_closure: drop_erased::<F>,
             closure: closure as *mut u8,
@@ -340,8 +343,9 @@ impl<I, Y, R, S: Stack> Fiber<I, Y, R, S> {
         // SAFETY: the callers checked the fiber was Fresh or Suspended, so
         // its slot holds its switch frame and its stack is alive (we own it).
         // It moves `input` out before running user code, hence ManuallyDrop.
-        let out = unsafe { arch::resume(&*input as *const I as usize, self.slot) };
+        let (out, sp) = unsafe { arch::resume(&*input as *const I as usize, self.slot, self.sp) };
         if out & arch::FINISHED == 0 {
+            self.sp = sp;
             // SAFETY: on yield, `out` points at a Y in the suspended fiber's
             // frame, which it will not drop (ManuallyDrop in `suspend`).
             FiberResult::Yield(unsafe { ptr::read(out as *const Y) })
@@ -349,18 +353,11 @@ impl<I, Y, R, S: Stack> Fiber<I, Y, R, S> {
             // SAFETY: on finish, `out` (less bit 0) points at the Exit<R> the
             // entry left on the fiber's stack, which stays mapped (we own it).
             let exit = unsafe { ptr::read((out & !arch::FINISHED) as *const Exit<R>) };
-            self.finished(exit)
-        }
-    }
-
-    #[inline(never)]
-    fn finished(&mut self, exit: Exit<R>) -> FiberResult<Y, R> {
-        self.state = State::Finished;
-        match exit {
-            Exit::Return(r) => FiberResult::Return(r),
-            Exit::Panic(payload) => resume_unwind(payload),
-            // Only Drop asks a fiber to unwind, and it does not come here.
-            Exit::Unwound => unreachable!("a fiber unwound without being dropped"),
+            self.state = State::Finished;
+            // A free function, not a method: passing `self` to an
+            // out-of-line call would let the compiler assume the switch's
+            // asm may change the Fiber, and reload its fields every switch.
+            exit_result(exit)
         }
     }
 
@@ -444,8 +441,9 @@ impl<I, Y, R, S: Stack> Fiber<I, Y, R, S> {
         loop {
             // SAFETY: the fiber is suspended; 0 asks its pending `suspend`
             // to unwind instead of reading an input.
-            let out = unsafe { arch::resume(0, self.slot) };
+            let (out, sp) = unsafe { arch::resume(0, self.slot, self.sp) };
             if out & arch::FINISHED == 0 {
+                self.sp = sp;
                 // The fiber caught the unwind and suspended again: drop what
                 // it yielded and ask again until it finishes.
                 // SAFETY: as in `switch_in`.
@@ -473,6 +471,18 @@ impl<I, Y, R, S: Stack> Fiber<I, Y, R, S> {
     #[cfg(not(panic = "unwind"))]
     fn unwind(&mut self) -> bool {
         false
+    }
+}
+
+/// What `resume` returns once the fiber has finished: its value, or its
+/// panic continued in the resumer.
+#[inline(never)]
+fn exit_result<Y, R>(exit: Exit<R>) -> FiberResult<Y, R> {
+    match exit {
+        Exit::Return(r) => FiberResult::Return(r),
+        Exit::Panic(payload) => resume_unwind(payload),
+        // Only Drop asks a fiber to unwind, and it does not come here.
+        Exit::Unwound => unreachable!("a fiber unwound without being dropped"),
     }
 }
 

@@ -55,14 +55,15 @@ impl InitialFrame {
 /// slot on both sides of every switch (each side passes its own copy of the
 /// same slot, and the `.S` never writes x1), so the compiler need not reload
 /// it. x19 and x29, which `asm!` cannot name, are saved by the `.S`; so is
-/// x30 on the resumer's side. This is `clobber_abi("C")` minus x1, plus
+/// x30 on the resumer's side. x2 carries the fiber's sp and is named by each
+/// use. This is `clobber_abi("C")` minus x1 and x2, plus
 /// x20-x28, written out; all of v0-v31 are listed because only the low
 /// halves of v8-v15 are callee-saved.
 macro_rules! switch_asm {
     ($($body:tt)*) => {
         asm!(
             $($body)*
-            out("x2") _, out("x3") _, out("x4") _, out("x5") _, out("x6") _,
+            out("x3") _, out("x4") _, out("x5") _, out("x6") _,
             out("x7") _, out("x8") _, out("x9") _, out("x10") _, out("x11") _,
             out("x12") _, out("x13") _, out("x14") _, out("x15") _,
             out("x16") _, out("x17") _,
@@ -85,16 +86,19 @@ macro_rules! switch_asm {
 #[cfg(target_feature = "sve")]
 compile_error!("stackswitch's switch does not yet declare the SVE registers as clobbered");
 
-/// Switches from the resumer into the fiber whose slot is `slot`, handing it
-/// `value`; returns what the fiber handed back: a pointer with bit 0 clear
-/// if it suspended, set if it finished.
+/// Switches from the resumer into the fiber whose slot is `slot` and whose
+/// switch frame is at `sp`, handing it `value`; returns what the fiber handed
+/// back (a pointer with bit 0 clear if it suspended, set if it finished) and,
+/// after a suspend, the fiber's new switch frame.
 ///
 /// # Safety
 /// `slot` must be the slot of a started-or-fresh fiber that is not running,
-/// whose stack is alive; `value` must be what that fiber expects.
+/// whose stack is alive, and `sp` its switch frame (from `init_fiber` or the
+/// last `resume`); `value` must be what that fiber expects.
 #[inline(always)]
-pub(crate) unsafe fn resume(value: usize, slot: *mut usize) -> usize {
+pub(crate) unsafe fn resume(value: usize, slot: *mut usize, sp: usize) -> (usize, usize) {
     let out: usize;
+    let new_sp: usize;
     // SAFETY: `bl` enters the .S resume, which saves x19/x29/x30 itself;
     // every other register it or the fiber may change is declared
     // (switch_asm), so the compiler keeps nothing live in them, d8-d15
@@ -105,9 +109,10 @@ pub(crate) unsafe fn resume(value: usize, slot: *mut usize) -> usize {
             resume = sym stackswitch_resume_v1,
             inout("x0") value => out,
             in("x1") slot,
+            inout("x2") sp => new_sp,
         );
     }
-    out
+    (out, new_sp)
 }
 
 /// Switches from the running fiber back to its resumer, handing it `value`
@@ -132,6 +137,7 @@ pub(crate) unsafe fn suspend(value: usize, slot: *mut usize) -> usize {
             suspend = sym stackswitch_suspend_v1,
             inout("x0") value => out,
             in("x1") slot,
+            out("x2") _,
         );
     }
     out

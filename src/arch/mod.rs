@@ -3,7 +3,7 @@
 //! that mirrors the `.S` layout (with const-asserted offsets).
 //!
 //! Every architecture module provides the same items:
-//! - `resume(value, slot) -> value`, always inlined;
+//! - `resume(value, slot, sp) -> (value, sp)`, always inlined;
 //! - `suspend(value, slot) -> value`, always inlined;
 //! - `finish(value, slot) -> !`;
 //! - `InitialFrame::new(entry, data)` and `FRAME_SIZE`;
@@ -75,14 +75,14 @@ pub(crate) unsafe fn call_on_stack(arg: *mut u8, f: OnStackFn, sp: *mut u8) {
     unsafe { stackswitch_call_on_stack_v1(arg, f, sp) }
 }
 
-/// Writes the initial switch frame of a fiber just below `slot` and points
-/// the slot at it, so that the first `resume` enters the trampoline, which
-/// calls `entry(value, data, slot)`.
+/// Writes the initial switch frame of a fiber just below `slot` and returns
+/// its address: the fiber's stack pointer for its first `resume`, which
+/// enters the trampoline, which calls `entry(value, data, slot)`.
 ///
 /// # Safety
 /// `slot` must be 16-byte aligned, writable, and have at least
 /// `FRAME_SIZE` writable bytes below it on the fiber's stack.
-pub(crate) unsafe fn init_fiber(slot: *mut usize, entry: EntryFn, data: *mut u8) {
+pub(crate) unsafe fn init_fiber(slot: *mut usize, entry: EntryFn, data: *mut u8) -> usize {
     debug_assert_eq!(
         slot as usize % 16,
         0,
@@ -91,8 +91,6 @@ pub(crate) unsafe fn init_fiber(slot: *mut usize, entry: EntryFn, data: *mut u8)
     let frame = (slot as usize - FRAME_SIZE) as *mut InitialFrame;
     // SAFETY: the caller guarantees FRAME_SIZE writable bytes below the slot,
     // and InitialFrame is FRAME_SIZE bytes with alignment 8 (const-asserted).
-    unsafe {
-        frame.write(InitialFrame::new(entry, data));
-        slot.write(frame as usize);
-    }
+    unsafe { frame.write(InitialFrame::new(entry, data)) };
+    frame as usize
 }

@@ -83,12 +83,13 @@ impl InitialFrame {
 /// slot on both sides of every switch (each side passes its own copy of the
 /// same slot, and the `.S` never writes rsi), so the compiler need not
 /// reload it. rbx and rbp, which `asm!` cannot name, are saved by the `.S`.
-/// This is `clobber_abi("C")` minus rsi, written out.
+/// This is `clobber_abi("C")` minus rsi, written out; rdx, which carries the
+/// fiber's stack pointer, is named by each use.
 macro_rules! switch_asm {
     ($($body:tt)*) => {
         asm!(
             $($body)*
-            out("rax") _, out("rcx") _, out("rdx") _,
+            out("rax") _, out("rcx") _,
             out("r8") _, out("r9") _, out("r10") _, out("r11") _,
             out("r12") _, out("r13") _, out("r14") _, out("r15") _,
             out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _,
@@ -108,16 +109,19 @@ macro_rules! switch_asm {
 #[cfg(target_feature = "avx512f")]
 compile_error!("stackswitch's switch does not yet declare the AVX-512 registers as clobbered");
 
-/// Switches from the resumer into the fiber whose slot is `slot`, handing it
-/// `value`; returns what the fiber handed back: a pointer with bit 0 clear
-/// if it suspended, set if it finished.
+/// Switches from the resumer into the fiber whose slot is `slot` and whose
+/// switch frame is at `sp`, handing it `value`; returns what the fiber handed
+/// back (a pointer with bit 0 clear if it suspended, set if it finished) and,
+/// after a suspend, the fiber's new switch frame.
 ///
 /// # Safety
 /// `slot` must be the slot of a started-or-fresh fiber that is not running,
-/// whose stack is alive; `value` must be what that fiber expects.
+/// whose stack is alive, and `sp` its switch frame (from `init_fiber` or the
+/// last `resume`); `value` must be what that fiber expects.
 #[inline(always)]
-pub(crate) unsafe fn resume(value: usize, slot: *mut usize) -> usize {
+pub(crate) unsafe fn resume(value: usize, slot: *mut usize, sp: usize) -> (usize, usize) {
     let out: usize;
+    let new_sp: usize;
     // SAFETY: `call` enters the .S resume, which saves rbx/rbp itself; every
     // other register it or the fiber may change is declared (switch_asm), so
     // the compiler keeps nothing live in them. The stack is aligned for a
@@ -128,9 +132,10 @@ pub(crate) unsafe fn resume(value: usize, slot: *mut usize) -> usize {
             resume = sym stackswitch_resume_v1,
             inout("rdi") value => out,
             in("rsi") slot,
+            inout("rdx") sp => new_sp,
         );
     }
-    out
+    (out, new_sp)
 }
 
 /// Switches from the running fiber back to its resumer, handing it `value`
@@ -159,6 +164,7 @@ pub(crate) unsafe fn suspend(value: usize, slot: *mut usize) -> usize {
             suspend = sym stackswitch_suspend_v1,
             inout("rdi") value => out,
             in("rsi") slot,
+            out("rdx") _,
         );
     }
     out
