@@ -74,16 +74,6 @@ enum Exit<R> {
 /// The payload a suspended fiber unwinds with when it is dropped.
 struct ForcedUnwind;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    /// Created, never resumed: the closure is still on the stack.
-    Fresh,
-    /// Suspended in `Suspender::suspend`.
-    Suspended,
-    /// Returned, panicked, or unwound: the stack holds nothing.
-    Finished,
-}
-
 /// A stackful fiber: a closure running on its own stack, which can suspend
 /// itself with a value and be resumed with another.
 ///
@@ -120,12 +110,13 @@ enum State {
 pub struct Fiber<I, Y, R, S: Stack = MmapStack> {
     /// The slot near the top of the stack (see `stack` module docs).
     slot: *mut usize,
-    /// The fiber's switch frame while it is fresh or suspended.
+    /// The fiber's switch frame while it is fresh or suspended; 0 once it
+    /// has finished. A fresh fiber's frame is the initial one, just below
+    /// the slot (see `is_started`): that is the whole state machine.
     sp: usize,
-    state: State,
-    /// Drops the closure in place, while `Fresh`.
+    /// Drops the closure in place, while `fresh`.
     drop_closure: unsafe fn(*mut u8),
-    /// Where the closure lives, while `Fresh`.
+    /// Where the closure lives, while `fresh`.
     closure: *mut u8,
     /// Dropped last, and only when the fiber no longer needs it.
     stack: ManuallyDrop<S>,
@@ -206,12 +197,12 @@ where
     F: FnOnce(I, &Suspender<I, Y>) -> R,
 {
     let exit = {
-        // SAFETY: `data` is the closure Fiber::with_stack wrote; the state
-        // changed from Fresh when this resume began, so this is its only
-        // reader and Fiber will not drop it.
+        // SAFETY: `data` is the closure Fiber::with_stack wrote; once this
+        // first resume has begun the fiber counts as started, so this is its
+        // only reader and Fiber will not drop it.
         let f = unsafe { ptr::read(data.cast::<F>()) };
         // SAFETY: the first resume hands a pointer to its input (Drop never
-        // resumes a Fresh fiber, so it is not 0).
+        // resumes a fresh fiber, so it is not 0).
         let input = unsafe { ptr::read(value as *const I) };
         let suspender = Suspender {
             slot,
@@ -290,7 +281,6 @@ impl<I: 'static, Y, R, S: Stack> Fiber<I, Y, R, S> {
         Ok(Fiber {
             slot,
             sp,
-            state: State::Fresh,
             drop_closure: drop_erased::<F>,
             closure: closure as *mut u8,
             stack: ManuallyDrop::new(stack),
@@ -312,13 +302,8 @@ impl<I, Y, R, S: Stack> Fiber<I, Y, R, S> {
     #[inline]
     #[track_caller]
     pub fn resume(&mut self, input: I) -> FiberResult<Y, R> {
-        // The hot path: a suspended fiber. Only the first resume (Fresh) and
-        // finishing write the state, so a yield costs no store.
-        if self.state != State::Suspended {
-            if self.state == State::Finished {
-                resumed_finished();
-            }
-            self.state = State::Suspended;
+        if self.sp == 0 {
+            resumed_finished();
         }
         self.switch_in(input)
     }
@@ -329,10 +314,8 @@ impl<I, Y, R, S: Stack> Fiber<I, Y, R, S> {
     /// [`Error::FiberFinished`] if the fiber has returned or panicked.
     #[inline]
     pub fn try_resume(&mut self, input: I) -> Result<FiberResult<Y, R>, Error> {
-        match self.state {
-            State::Finished => return Err(Error::FiberFinished),
-            State::Fresh => self.state = State::Suspended,
-            State::Suspended => {}
+        if self.sp == 0 {
+            return Err(Error::FiberFinished);
         }
         Ok(self.switch_in(input))
     }
@@ -340,8 +323,8 @@ impl<I, Y, R, S: Stack> Fiber<I, Y, R, S> {
     #[inline(always)]
     fn switch_in(&mut self, input: I) -> FiberResult<Y, R> {
         let input = ManuallyDrop::new(input);
-        // SAFETY: the callers checked the fiber was Fresh or Suspended, so
-        // its slot holds its switch frame and its stack is alive (we own it).
+        // SAFETY: the callers checked the fiber has not finished, so `sp` is
+        // its switch frame and its stack is alive (we own it).
         // It moves `input` out before running user code, hence ManuallyDrop.
         let (out, sp) = unsafe { arch::resume(&*input as *const I as usize, self.slot, self.sp) };
         if out & arch::FINISHED == 0 {
@@ -353,7 +336,7 @@ impl<I, Y, R, S: Stack> Fiber<I, Y, R, S> {
             // SAFETY: on finish, `out` (less bit 0) points at the Exit<R> the
             // entry left on the fiber's stack, which stays mapped (we own it).
             let exit = unsafe { ptr::read((out & !arch::FINISHED) as *const Exit<R>) };
-            self.state = State::Finished;
+            self.sp = 0;
             // A free function, not a method: passing `self` to an
             // out-of-line call would let the compiler assume the switch's
             // asm may change the Fiber, and reload its fields every switch.
@@ -363,12 +346,14 @@ impl<I, Y, R, S: Stack> Fiber<I, Y, R, S> {
 
     /// Whether the fiber has returned or panicked.
     pub fn is_finished(&self) -> bool {
-        self.state == State::Finished
+        self.sp == 0
     }
 
-    /// Whether the fiber has been resumed at least once.
+    /// Whether the fiber has been resumed at least once. A fiber that has
+    /// run has frames below its initial switch frame, so its saved stack
+    /// pointer can never equal that frame's address again.
     pub fn is_started(&self) -> bool {
-        self.state != State::Fresh
+        self.sp != self.slot as usize - arch::FRAME_SIZE
     }
 
     /// The stack the fiber runs on.
@@ -423,16 +408,16 @@ impl<I, Y, R, S: Stack> Fiber<I, Y, R, S> {
     /// false if the stack must be leaked instead (a suspended fiber under
     /// `panic = "abort"`).
     fn end(&mut self) -> bool {
-        match self.state {
-            State::Finished => true,
-            State::Fresh => {
-                self.state = State::Finished;
-                // SAFETY: a Fresh fiber's closure is alive at `closure` and
-                // nothing else will drop it (the state is now Finished).
-                unsafe { (self.drop_closure)(self.closure) };
-                true
-            }
-            State::Suspended => self.unwind(),
+        if self.is_finished() {
+            true
+        } else if !self.is_started() {
+            self.sp = 0;
+            // SAFETY: a fresh fiber's closure is alive at `closure` and
+            // nothing else will drop it (the fiber is now finished).
+            unsafe { (self.drop_closure)(self.closure) };
+            true
+        } else {
+            self.unwind()
         }
     }
 
@@ -450,7 +435,7 @@ impl<I, Y, R, S: Stack> Fiber<I, Y, R, S> {
                 drop(unsafe { ptr::read(out as *const Y) });
                 continue;
             }
-            self.state = State::Finished;
+            self.sp = 0;
             // SAFETY: as in `switch_in`.
             match unsafe { ptr::read((out & !arch::FINISHED) as *const Exit<R>) } {
                 Exit::Unwound => {}
@@ -509,7 +494,8 @@ impl<I, Y, R, S: Stack> Drop for Fiber<I, Y, R, S> {
 impl<I, Y, R, S: Stack> fmt::Debug for Fiber<I, Y, R, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Fiber")
-            .field("state", &self.state)
+            .field("started", &self.is_started())
+            .field("finished", &self.is_finished())
             .field("bounds", &self.stack.bounds())
             .finish_non_exhaustive()
     }
