@@ -114,8 +114,15 @@ STACKSWITCH_FUNCTION(resume)
         .cfi_escape 0x10, 30, 5, 0x71, 0, 0x06, 0x23, FRAME_PC
         .cfi_escape 0x10, 29, 5, 0x71, 0, 0x06, 0x23, FRAME_X29
         .cfi_escape 0x10, 19, 5, 0x71, 0, 0x06, 0x23, FRAME_X19
-        mov     sp, x2                          /* now on the fiber's stack */
-        LOAD_FRAME x17                          /* x17 = the fiber's resume address */
+        /* Restore the fiber's registers from its frame at x2 and land sp
+         * just above it, without a separate `mov sp` first. */
+#ifdef STACKSWITCH_FP_CONTROL
+        ldr     x9, [x2, #FRAME_FPCR]           /* x9 = the fiber's FP mode bits */
+        msr     fpcr, x9
+#endif
+        ldp     x19, x29, [x2, #FRAME_X19]      /* the fiber's x19, x29 */
+        ldr     x17, [x2, #FRAME_PC]            /* x17 = the fiber's resume address */
+        add     sp, x2, #FRAME_SIZE             /* now on the fiber's stack, frame popped */
         br      x17                             /* continue the fiber; x0 = value */
         .cfi_endproc
 STACKSWITCH_END(resume)
