@@ -132,12 +132,19 @@ pub(crate) fn map_count_error(call: &'static str, source: io::Error) -> Result<E
     if source.raw_os_error() != Some(libc::ENOMEM) {
         return Err(source);
     }
-    let limit = std::fs::read_to_string("/proc/sys/vm/max_map_count")
-        .ok()
-        .and_then(|s| s.trim().parse::<usize>().ok());
-    let maps = std::fs::read("/proc/self/maps")
-        .ok()
-        .map(|m| m.iter().filter(|&&b| b == b'\n').count());
+    // Read without allocating much: at the limit, malloc's own mmap of a
+    // large buffer would fail too.
+    let mut limit = None;
+    let _ = read_chunks("/proc/sys/vm/max_map_count", |chunk| {
+        let text = std::str::from_utf8(chunk).unwrap_or("");
+        limit = text.trim().parse::<usize>().ok();
+    });
+    let mut newlines = 0;
+    let maps = read_chunks("/proc/self/maps", |chunk| {
+        newlines += chunk.iter().filter(|&&b| b == b'\n').count();
+    })
+    .ok()
+    .map(|()| newlines);
     match (maps, limit) {
         // A call can need up to two more mappings (mprotect in the middle
         // of a mapping splits it in three); within that of the limit, the
@@ -149,6 +156,22 @@ pub(crate) fn map_count_error(call: &'static str, source: io::Error) -> Result<E
             source,
         }),
         _ => Err(source),
+    }
+}
+
+/// Feeds the contents of `path` to `f`, chunk by chunk, through a buffer
+/// on the stack.
+fn read_chunks(path: &str, mut f: impl FnMut(&[u8])) -> io::Result<()> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = [0u8; 4096];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => f(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
