@@ -340,7 +340,7 @@ fn op() -> impl Strategy<Value = Op> {
 fn cases() -> u32 {
     // Valgrind runs everything ~50x slower: fewer, still random, programs.
     if stackswitch::valgrind::running_on_valgrind() {
-        24
+        64
     } else {
         256
     }

@@ -19,11 +19,16 @@ fn check(report: &park_million::Report, count: usize) {
     assert!(report.stopped_by.is_none(), "{report}");
     assert_eq!(report.parked, count);
     // Only the touched top of each stack is resident: well under the
-    // 16 KiB + 4 KiB each stack reserves.
-    assert!(
-        report.resident_per_fiber < (MIN_STACK_SIZE / 2) as f64,
-        "{report}"
-    );
+    // 16 KiB + 4 KiB each stack reserves. Under Valgrind the resident set
+    // is mostly its shadow memory, so the check says it is not made.
+    if stackswitch::valgrind::running_on_valgrind() {
+        println!("NOT CHECKED under Valgrind: resident bytes per fiber (shadow memory counts)");
+    } else {
+        assert!(
+            report.resident_per_fiber < (MIN_STACK_SIZE / 2) as f64,
+            "{report}"
+        );
+    }
     // Every stack was unmapped again.
     assert!(report.vmas_after <= report.vmas_before + 2, "{report}");
     if report.guard == GuardKind::Markers {
