@@ -51,6 +51,20 @@ pub enum Error {
         /// The error it returned.
         source: io::Error,
     },
+    /// `mmap` or `mprotect` failed with `ENOMEM` because the process has as
+    /// many memory mappings as `vm.max_map_count` allows. Each stack whose
+    /// guard is made with `mprotect` costs two mappings; guard markers
+    /// (Linux 6.13+) cost none.
+    MapCountLimit {
+        /// The system call that failed.
+        call: &'static str,
+        /// Mappings the process had when it failed (`/proc/self/maps`).
+        maps: usize,
+        /// The limit, `/proc/sys/vm/max_map_count`.
+        limit: usize,
+        /// The error the call returned.
+        source: io::Error,
+    },
     /// Every slot of a pool is in use.
     PoolExhausted {
         /// How many stacks the pool holds.
@@ -102,6 +116,17 @@ impl fmt::Display for Error {
             Error::GuardPage { call, source } => {
                 write!(f, "installing a guard page with {call} failed: {source}")
             }
+            Error::MapCountLimit {
+                call,
+                maps,
+                limit,
+                source,
+            } => write!(
+                f,
+                "{call} failed ({source}): the process has {maps} memory mappings and \
+                 vm.max_map_count is {limit}; raise vm.max_map_count, or run on Linux 6.13+ \
+                 where guard pages need no extra mappings"
+            ),
             Error::PoolExhausted { capacity } => {
                 write!(f, "stack pool exhausted: all {capacity} stacks are in use")
             }
@@ -128,7 +153,9 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Mmap { source, .. } | Error::GuardPage { source, .. } => Some(source),
+            Error::Mmap { source, .. }
+            | Error::GuardPage { source, .. }
+            | Error::MapCountLimit { source, .. } => Some(source),
             _ => None,
         }
     }

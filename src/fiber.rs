@@ -120,6 +120,8 @@ pub struct Fiber<I, Y, R, S: Stack = MmapStack> {
     closure: *mut u8,
     /// Dropped last, and only when the fiber no longer needs it.
     stack: ManuallyDrop<S>,
+    /// The stack's id with Valgrind (meaningless when not under it).
+    valgrind_stack: usize,
     _types: PhantomData<fn(I) -> FiberResult<Y, R>>,
 }
 
@@ -278,12 +280,14 @@ impl<I: 'static, Y, R, S: Stack> Fiber<I, Y, R, S> {
         // SAFETY: the slot is 16-byte aligned, inside the stack, with
         // FRAME_SIZE + MIN_FREE_STACK bytes below it (checked above).
         let sp = unsafe { arch::init_fiber(slot, fiber_entry::<F, I, Y, R>, closure as *mut u8) };
+        let valgrind_stack = crate::valgrind::stack_register(bounds.low, bounds.high);
         Ok(Fiber {
             slot,
             sp,
             drop_closure: drop_erased::<F>,
             closure: closure as *mut u8,
             stack: ManuallyDrop::new(stack),
+            valgrind_stack,
             _types: PhantomData,
         })
     }
@@ -371,6 +375,7 @@ impl<I, Y, R, S: Stack> Fiber<I, Y, R, S> {
         if !this.end() {
             return None;
         }
+        crate::valgrind::stack_deregister(this.valgrind_stack);
         // SAFETY: `end` left nothing on the stack; `this` is never dropped,
         // so the stack is moved out exactly once.
         Some(unsafe { ManuallyDrop::take(&mut this.stack) })
@@ -484,6 +489,7 @@ impl<I, Y, R, S: Stack> Drop for Fiber<I, Y, R, S> {
     /// destructors of everything on its stack), then frees the stack.
     fn drop(&mut self) {
         if self.end() {
+            crate::valgrind::stack_deregister(self.valgrind_stack);
             // SAFETY: the fiber holds nothing on the stack any more, and the
             // stack is dropped exactly once, here.
             unsafe { ManuallyDrop::drop(&mut self.stack) };

@@ -73,6 +73,7 @@ mod arch;
 mod error;
 mod fiber;
 mod stack;
+pub mod valgrind;
 
 pub use error::Error;
 pub use fiber::{Fiber, FiberResult, SendFiber, Suspender};

@@ -112,12 +112,67 @@ pub(crate) unsafe fn install_guard(addr: *mut u8, len: usize) -> Result<GuardKin
     }
     // SAFETY: the caller owns the range.
     if unsafe { libc::mprotect(addr.cast(), len, libc::PROT_NONE) } != 0 {
-        return Err(Error::GuardPage {
-            call: "mprotect(PROT_NONE)",
-            source: io::Error::last_os_error(),
-        });
+        let source = io::Error::last_os_error();
+        return Err(
+            map_count_error("mprotect(PROT_NONE)", source).unwrap_or_else(|source| {
+                Error::GuardPage {
+                    call: "mprotect(PROT_NONE)",
+                    source,
+                }
+            }),
+        );
     }
     Ok(GuardKind::Mprotect)
+}
+
+/// Turns an `ENOMEM` from `call` into [`Error::MapCountLimit`] when the
+/// process is at `vm.max_map_count`; otherwise hands `source` back. Reads
+/// `/proc` only here, on the error path.
+pub(crate) fn map_count_error(call: &'static str, source: io::Error) -> Result<Error, io::Error> {
+    if source.raw_os_error() != Some(libc::ENOMEM) {
+        return Err(source);
+    }
+    // Read without allocating much: at the limit, malloc's own mmap of a
+    // large buffer would fail too.
+    let mut limit = None;
+    let _ = read_chunks("/proc/sys/vm/max_map_count", |chunk| {
+        let text = std::str::from_utf8(chunk).unwrap_or("");
+        limit = text.trim().parse::<usize>().ok();
+    });
+    let mut newlines = 0;
+    let maps = read_chunks("/proc/self/maps", |chunk| {
+        newlines += chunk.iter().filter(|&&b| b == b'\n').count();
+    })
+    .ok()
+    .map(|()| newlines);
+    match (maps, limit) {
+        // A call can need up to two more mappings (mprotect in the middle
+        // of a mapping splits it in three); within that of the limit, the
+        // limit is the cause.
+        (Some(maps), Some(limit)) if maps + 2 >= limit => Ok(Error::MapCountLimit {
+            call,
+            maps,
+            limit,
+            source,
+        }),
+        _ => Err(source),
+    }
+}
+
+/// Feeds the contents of `path` to `f`, chunk by chunk, through a buffer
+/// on the stack.
+fn read_chunks(path: &str, mut f: impl FnMut(&[u8])) -> io::Result<()> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = [0u8; 4096];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => f(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// A stack of its own `mmap`: reserved with `MAP_NORESERVE` (the kernel
@@ -195,10 +250,9 @@ impl MmapStack {
             )
         };
         if addr == libc::MAP_FAILED {
-            return Err(Error::Mmap {
-                bytes: len,
-                source: io::Error::last_os_error(),
-            });
+            let source = io::Error::last_os_error();
+            return Err(map_count_error("mmap", source)
+                .unwrap_or_else(|source| Error::Mmap { bytes: len, source }));
         }
         let base = NonNull::new(addr.cast::<u8>()).expect("mmap returned null on success");
         // SAFETY: base..base+guard is the page-aligned start of the mapping
