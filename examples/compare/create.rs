@@ -6,7 +6,7 @@ use std::hint::black_box;
 
 use stackswitch::{Fiber, FiberResult, MmapStack, Suspender};
 
-use crate::harness::{Case, Op};
+use super::harness::{Case, Op};
 
 /// Stack size for every fiber here (what a pool would hand out).
 pub const STACK: usize = 64 << 10;

@@ -21,43 +21,81 @@ pub struct Plan {
 impl Plan {
     pub fn full() -> Self {
         Plan {
-            batch: Duration::from_millis(20),
-            samples: 15,
+            batch: Duration::from_millis(10),
+            samples: 31,
         }
     }
 
     pub fn quick() -> Self {
         Plan {
             batch: Duration::from_millis(2),
-            samples: 5,
+            samples: 7,
         }
     }
 }
 
 /// Nanoseconds per operation over the samples of one case.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Stats {
     pub median: f64,
     pub min: f64,
     pub max: f64,
+    /// The samples in round order: sample `i` of every case measured in
+    /// the same run was taken in the same round, side by side.
+    pub samples: Vec<f64>,
+    /// Which call of `measure` (or child process) took them.
+    pub run: u32,
+}
+
+/// The median of `v` (not empty).
+pub fn median(v: &[f64]) -> f64 {
+    assert!(!v.is_empty(), "no samples");
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 impl Stats {
-    pub fn of(mut samples: Vec<f64>) -> Stats {
-        assert!(!samples.is_empty(), "no samples");
-        samples.sort_by(f64::total_cmp);
-        let n = samples.len();
-        let median = if n % 2 == 1 {
-            samples[n / 2]
-        } else {
-            (samples[n / 2 - 1] + samples[n / 2]) / 2.0
-        };
+    pub fn of(samples: Vec<f64>, run: u32) -> Stats {
+        let min = samples.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = samples.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         Stats {
-            median,
-            min: samples[0],
-            max: samples[n - 1],
+            median: median(&samples),
+            min,
+            max,
+            samples,
+            run,
         }
     }
+
+    /// This case against `base` measured in the same run: the median of the
+    /// per-round ratios, which cancels load that drifts between rounds.
+    /// Across runs, the ratio of the medians.
+    pub fn ratio_to(&self, base: &Stats) -> f64 {
+        if self.run == base.run && self.samples.len() == base.samples.len() {
+            let r: Vec<f64> = self
+                .samples
+                .iter()
+                .zip(&base.samples)
+                .map(|(a, b)| a / b)
+                .collect();
+            median(&r)
+        } else {
+            self.median / base.median
+        }
+    }
+}
+
+/// A new run id (see [`Stats::run`]).
+pub fn next_run() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static RUN: AtomicU32 = AtomicU32::new(0);
+    RUN.fetch_add(1, Ordering::Relaxed)
 }
 
 /// One case to measure: its name and the operation.
@@ -147,5 +185,6 @@ pub fn measure(group: &str, cases: &mut [Case], plan: Plan, progress: &mut Progr
             samples[i].push(t.as_nanos() as f64 / sizes[i] as f64);
         }
     }
-    samples.into_iter().map(Stats::of).collect()
+    let run = next_run();
+    samples.into_iter().map(|s| Stats::of(s, run)).collect()
 }

@@ -10,8 +10,8 @@
 //! ```
 //!
 //! Without `fp-control`, the run also builds and starts a child
-//! (`cargo run --release --features fp-control --example compare --
-//! --child-fp-control`) that measures stackswitch with `fp-control` and
+//! (`cargo run --release --features fp-control --example
+//! compare_fp_control -- --child-fp-control`) that measures stackswitch with `fp-control` and
 //! `context` side by side, and merges its rows into the table.
 //!
 //! `--callgrind <case> <n>` only runs `n` operations of one round-trip or
@@ -36,7 +36,12 @@ struct Args {
     json: bool,
     child_fp_control: bool,
     callgrind: Option<(String, u64)>,
+    /// Only these sections (all when empty).
+    only: Vec<String>,
 }
+
+/// The sections of the comparison, as `--only` names them.
+const SECTIONS: &[&str] = &["round-trip", "create", "wasmtime", "guard", "memory"];
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -44,6 +49,7 @@ fn parse_args() -> Result<Args, String> {
         json: false,
         child_fp_control: false,
         callgrind: None,
+        only: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -59,12 +65,23 @@ fn parse_args() -> Result<Args, String> {
                     .ok_or("--callgrind needs a round-trip count")?;
                 args.callgrind = Some((case, n));
             }
+            "--only" => {
+                let list = it.next().ok_or("--only needs a list of sections")?;
+                for s in list.split(',') {
+                    if !SECTIONS.contains(&s) {
+                        return Err(format!("unknown section {s:?}; one of {SECTIONS:?}"));
+                    }
+                    args.only.push(s.to_string());
+                }
+            }
             "--help" | "-h" => {
-                return Err(
-                    "usage: compare [--quick] [--json] | --callgrind <case> <n>\n\
-                     cases: stackswitch corosensei wasmtime-fiber context swapcontext os-thread"
-                        .into(),
-                )
+                return Err(format!(
+                    "usage: compare [--quick] [--json] [--only <section>,...]\n       \
+                     compare --callgrind <case> <n>\n\
+                     sections: {SECTIONS:?}\n\
+                     round-trip cases: {:?}",
+                    switch::CASES
+                ))
             }
             other => return Err(format!("unknown argument {other:?} (try --help)")),
         }
@@ -72,7 +89,7 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-fn main() {
+pub fn main() {
     let args = match parse_args() {
         Ok(a) => a,
         Err(msg) => {
@@ -100,13 +117,24 @@ fn main() {
         return;
     }
 
+    let wanted = |section: &str| args.only.is_empty() || args.only.iter().any(|s| s == section);
     let mut report = Report::new(args.quick);
-    round_trip(&mut report, plan, &mut progress, args.quick);
-    create_run_drop(&mut report, plan, &mut progress);
-    wasmtime_rows(&mut report, plan, &mut progress);
-    guard_rows(&mut report);
-    progress.say("memory: parking fibers");
-    report.parked = memory::run(if args.quick { 1_000 } else { 10_000 });
+    if wanted("round-trip") {
+        round_trip(&mut report, plan, &mut progress, args.quick);
+    }
+    if wanted("create") {
+        create_run_drop(&mut report, plan, &mut progress);
+    }
+    if wanted("wasmtime") {
+        wasmtime_rows(&mut report, plan, &mut progress);
+    }
+    if wanted("guard") {
+        guard_rows(&mut report);
+    }
+    if wanted("memory") {
+        progress.say("memory: parking fibers");
+        report.parked = memory::run(if args.quick { 1_000 } else { 10_000 });
+    }
     progress.done();
     targets(&mut report);
     if args.json {
@@ -175,13 +203,8 @@ fn child_fp_control(plan: Plan, progress: &mut Progress) {
     let stats = round_trip_stats(&names, plan, progress);
     progress.done();
     for (name, s) in names.iter().zip(stats) {
-        println!(
-            "row\t{}\t{}\t{}\t{}",
-            switch::label(name),
-            s.median,
-            s.min,
-            s.max
-        );
+        let samples: Vec<String> = s.samples.iter().map(|x| x.to_string()).collect();
+        println!("row\t{}\t{}", switch::label(name), samples.join(","));
     }
 }
 
@@ -197,7 +220,7 @@ fn run_fp_child() -> Result<Vec<(String, Stats)>, String> {
             "--features",
             "fp-control",
             "--example",
-            "compare",
+            "compare_fp_control",
             "--",
             "--child-fp-control",
         ])
@@ -208,22 +231,17 @@ fn run_fp_child() -> Result<Vec<(String, Stats)>, String> {
         return Err(format!("the child failed ({})", out.status));
     }
     let text = String::from_utf8_lossy(&out.stdout);
+    let run = harness::next_run();
     let rows: Vec<(String, Stats)> = text
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split('\t').collect();
-            if f.len() != 5 || f[0] != "row" {
+            if f.len() != 3 || f[0] != "row" {
                 return None;
             }
-            let n = |i: usize| f[i].parse::<f64>().ok();
-            Some((
-                f[1].to_string(),
-                Stats {
-                    median: n(2)?,
-                    min: n(3)?,
-                    max: n(4)?,
-                },
-            ))
+            let samples: Option<Vec<f64>> = f[2].split(',').map(|x| x.parse().ok()).collect();
+            let samples = samples.filter(|s| !s.is_empty())?;
+            Some((f[1].to_string(), Stats::of(samples, run)))
         })
         .collect();
     if rows.len() != 2 {
@@ -291,36 +309,34 @@ fn guard_rows(report: &mut Report) {
 
 /// The targets from DESIGN.md, each met, missed or not measured.
 fn targets(report: &mut Report) {
-    let rt_ours = report.median(RT, &switch::label("stackswitch"));
-    let rt_coro = report.median(RT, &switch::label("corosensei"));
-    let rt_ctx = report.median(RT, &switch::label("context"));
+    let ours = switch::label("stackswitch");
+    let rt = report.ratio_of(RT, &ours, &switch::label("corosensei"));
+    let fp_ctx = if cfg!(feature = "fp-control") {
+        report.ratio_of(RT, &ours, &switch::label("context"))
+    } else {
+        report.ratio_of(
+            RT,
+            "stackswitch (fp-control) [child]",
+            &format!("{} [child]", switch::label("context")),
+        )
+    };
     if cfg!(feature = "fp-control") {
         report.targets.push(Target::pending(
             "round trip / corosensei <= 0.95 (fp-control off)",
             "this build has fp-control; run without it",
         ));
-        report.targets.push(Target::ratio(
-            "round trip with fp-control / context <= 1.00",
-            rt_ours,
-            rt_ctx,
-            1.0,
-        ));
     } else {
-        report.targets.push(Target::ratio(
+        report.targets.push(Target::at_most(
             "round trip / corosensei <= 0.95 (fp-control off)",
-            rt_ours,
-            rt_coro,
+            rt,
             0.95,
         ));
-        let fp = report.median(RT, &format!("{} [child]", "stackswitch (fp-control)"));
-        let ctx = report.median(RT, &format!("{} [child]", switch::label("context")));
-        report.targets.push(Target::ratio(
-            "round trip with fp-control / context <= 1.00 (child)",
-            fp,
-            ctx,
-            1.0,
-        ));
     }
+    report.targets.push(Target::at_most(
+        "round trip with fp-control / context <= 1.00",
+        fp_ctx,
+        1.0,
+    ));
     report.targets.push(Target::pending(
         "create + run + drop on a pooled stack <= 10 ns",
         "the stack pool has not landed",

@@ -4,8 +4,8 @@
 
 use std::fmt::Write as _;
 
-use crate::harness::Stats;
-use crate::memory::Parked;
+use super::harness::Stats;
+use super::memory::Parked;
 
 /// One line of the table.
 pub struct Row {
@@ -52,19 +52,7 @@ impl Target {
         }
     }
 
-    /// `num / den <= limit`, when both were measured.
-    pub fn ratio(name: &str, num: Option<f64>, den: Option<f64>, limit: f64) -> Target {
-        let outcome = match (num, den) {
-            (Some(n), Some(d)) if d > 0.0 => Ok((n / d, n / d <= limit)),
-            _ => Err("not measured in this run".to_string()),
-        };
-        Target {
-            name: name.to_string(),
-            outcome,
-        }
-    }
-
-    /// `value <= limit` for an absolute number of nanoseconds.
+    /// `value <= limit`, when it was measured (a ratio or nanoseconds).
     pub fn at_most(name: &str, value: Option<f64>, limit: f64) -> Target {
         Target {
             name: name.to_string(),
@@ -200,14 +188,6 @@ impl Report {
         self.notes.push((group, text.to_string()));
     }
 
-    pub fn median(&self, group: &str, case: &str) -> Option<f64> {
-        self.rows
-            .iter()
-            .find(|r| r.group == group && r.case == case)
-            .and_then(|r| r.stats)
-            .map(|s| s.median)
-    }
-
     fn groups(&self) -> Vec<&'static str> {
         let mut groups: Vec<&'static str> = Vec::new();
         for r in &self.rows {
@@ -218,13 +198,33 @@ impl Report {
         groups
     }
 
-    /// The median of the first measured stackswitch row of `group`.
-    fn baseline(&self, group: &str) -> Option<f64> {
+    /// A measured row's ratio to the first stackswitch row of its group
+    /// measured in the same run (or, failing that, in any run).
+    pub fn ratio(&self, row: &Row) -> Option<f64> {
+        let stats = row.stats.as_ref()?;
+        let ours = || {
+            self.rows
+                .iter()
+                .filter(|r| r.group == row.group && r.case.starts_with("stackswitch"))
+                .filter_map(|r| r.stats.as_ref())
+        };
+        let base = ours()
+            .find(|b| b.run == stats.run)
+            .or_else(|| ours().next())?;
+        Some(stats.ratio_to(base))
+    }
+
+    /// The statistics of a measured row.
+    pub fn stats(&self, group: &str, case: &str) -> Option<&Stats> {
         self.rows
             .iter()
-            .filter(|r| r.group == group && r.case.starts_with("stackswitch"))
-            .find_map(|r| r.stats)
-            .map(|s| s.median)
+            .find(|r| r.group == group && r.case == case)
+            .and_then(|r| r.stats.as_ref())
+    }
+
+    /// `a`'s ratio to `b` (side by side when measured in the same run).
+    pub fn ratio_of(&self, group: &str, a: &str, b: &str) -> Option<f64> {
+        Some(self.stats(group, a)?.ratio_to(self.stats(group, b)?))
     }
 
     pub fn table(&self) -> String {
@@ -256,13 +256,13 @@ impl Report {
             "case", "median", "min", "max", "ratio"
         );
         for group in self.groups() {
-            let base = self.baseline(group);
             let _ = writeln!(out, "{group}");
             for r in self.rows.iter().filter(|r| r.group == group) {
-                match r.stats {
+                match &r.stats {
                     Some(s) => {
-                        let ratio =
-                            base.map_or("-".to_string(), |b| format!("{:.2}x", s.median / b));
+                        let ratio = self
+                            .ratio(r)
+                            .map_or("-".to_string(), |x| format!("{x:.2}x"));
                         let _ = writeln!(
                             out,
                             "  {:<w$} {:>10} {:>10} {:>10} {:>8}",
@@ -284,8 +284,8 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "  (median, min, max over the samples, per operation; ratio: median / the \
-             group's first stackswitch row)"
+            "  (per operation: median, min, max over the samples; ratio: to the group's \
+             stackswitch row of the same run, the median of per-round ratios)"
         );
         if !self.parked.is_empty() {
             let _ = writeln!(out);
@@ -334,8 +334,8 @@ impl Report {
             .rows
             .iter()
             .map(|r| {
-                let base = self.baseline(r.group);
-                match r.stats {
+                let ratio = self.ratio(r);
+                match &r.stats {
                     Some(s) => format!(
                         "\n    {{\"group\": {}, \"case\": {}, \"median_ns\": {}, \"min_ns\": {}, \
                          \"max_ns\": {}, \"ratio\": {}}}",
@@ -344,7 +344,7 @@ impl Report {
                         json_num(s.median),
                         json_num(s.min),
                         json_num(s.max),
-                        base.map_or("null".to_string(), |b| json_num(s.median / b))
+                        ratio.map_or("null".to_string(), json_num)
                     ),
                     None => format!(
                         "\n    {{\"group\": {}, \"case\": {}, \"pending\": {}}}",

@@ -7,7 +7,7 @@ use std::sync::mpsc;
 
 use stackswitch::{Fiber, FiberResult, Suspender};
 
-use crate::harness::{Case, Op};
+use super::harness::{Case, Op};
 
 /// Stack size for every round-trip fiber.
 const STACK: usize = 64 << 10;

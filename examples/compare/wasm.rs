@@ -9,7 +9,7 @@ use wasmtime::{
     PoolingAllocationConfig, Store,
 };
 
-use crate::harness::{Case, Op};
+use super::harness::{Case, Op};
 
 const GUEST: &str = r#"
 (module
