@@ -24,6 +24,7 @@
 //!   points at the words, `x3` holds the default in and the result out.
 
 use core::arch::asm;
+use core::sync::atomic::{AtomicU8, Ordering};
 
 /// `VG_USERREQ__RUNNING_ON_VALGRIND`: returns how many Valgrinds the
 /// program runs under (0 on a real CPU, where the default comes back).
@@ -88,14 +89,38 @@ fn client_request(default: usize, request: usize, arg1: usize, arg2: usize) -> u
 ///     println!("under Valgrind: fiber stacks are registered with it");
 /// }
 /// ```
+#[inline]
 pub fn running_on_valgrind() -> bool {
-    client_request(0, RUNNING_ON_VALGRIND, 0, 0) != 0
+    match ON_VALGRIND.load(Ordering::Relaxed) {
+        NO => false,
+        YES => true,
+        _ => probe_valgrind(),
+    }
 }
 
-/// Tells Valgrind that `low..high` is a stack; returns its id (0 when not
-/// under Valgrind).
+/// The answer of the first `RUNNING_ON_VALGRIND` request: a process cannot
+/// start running under Valgrind later, so one question is enough, and a
+/// fiber's creation and drop then cost a load and a branch instead of two
+/// client requests (a dozen stores and the magic sequence each).
+static ON_VALGRIND: AtomicU8 = AtomicU8::new(UNKNOWN);
+const UNKNOWN: u8 = 0;
+const NO: u8 = 1;
+const YES: u8 = 2;
+
+#[cold]
+fn probe_valgrind() -> bool {
+    let on = client_request(0, RUNNING_ON_VALGRIND, 0, 0) != 0;
+    ON_VALGRIND.store(if on { YES } else { NO }, Ordering::Relaxed);
+    on
+}
+
+/// Tells Valgrind that `low..high` is a stack; returns its id (0, and
+/// nothing asked, when not under Valgrind).
 #[inline]
 pub(crate) fn stack_register(low: usize, high: usize) -> usize {
+    if !running_on_valgrind() {
+        return 0;
+    }
     // Valgrind takes the lowest and the highest addressable byte.
     client_request(0, STACK_REGISTER, low, high - 1)
 }
@@ -103,7 +128,9 @@ pub(crate) fn stack_register(low: usize, high: usize) -> usize {
 /// Undoes [`stack_register`] for the stack with this id.
 #[inline]
 pub(crate) fn stack_deregister(id: usize) {
-    client_request(0, STACK_DEREGISTER, id, 0);
+    if running_on_valgrind() {
+        client_request(0, STACK_DEREGISTER, id, 0);
+    }
 }
 
 #[cfg(test)]
