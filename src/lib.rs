@@ -48,7 +48,8 @@
 //!
 //! ## Features
 //! - `fp-control`: preserve FP control state across switches (see above).
-//! - `wasmtime`: Wasmtime integration.
+//! - `wasmtime`: Wasmtime integration: a [`StackPool`] as Wasmtime's
+//!   stack creator (see the `wasmtime` module).
 //!
 //! ## Panics, drops and `panic = "abort"`
 //! A panic in a fiber finishes it and continues in the resumer. Dropping a
@@ -74,10 +75,13 @@ mod error;
 mod fiber;
 mod stack;
 pub mod valgrind;
+#[cfg(feature = "wasmtime")]
+pub mod wasmtime;
 
 pub use error::Error;
 pub use fiber::{Fiber, FiberResult, SendFiber, Suspender};
 pub use stack::{
-    guard_kind, locate, page_size, remaining_stack, thread_stack, GuardKind, MmapStack, Stack,
-    StackBounds, StackLocation, MAX_REGIONS, MAX_STACK_SIZE, MIN_STACK_SIZE,
+    guard_kind, locate, page_size, remaining_stack, thread_stack, GuardKind, MmapStack, PoolConfig,
+    PooledStack, Stack, StackBounds, StackLocation, StackPool, MAX_POOL_BYTES, MAX_POOL_CAPACITY,
+    MAX_REGIONS, MAX_STACK_SIZE, MIN_STACK_SIZE,
 };
