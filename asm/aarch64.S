@@ -34,8 +34,12 @@
  * trampoline for a fiber that has not started.
  *
  * Where the two stack pointers live. The slot, one word near the top of the
- * fiber's stack, holds the resumer's sp while the fiber runs (suspend,
- * finish and the trampoline's CFI read it there). The fiber's own sp travels
+ * fiber's stack, holds the address of the resumer's frame record while the
+ * fiber runs: the {x29, resume address} pair at +FRAME_X29 of its switch
+ * frame (suspend, finish and the trampoline's CFI read it there). Because
+ * the trampoline sets x29 to the slot, and the slot and the word above it
+ * form a frame record too, frame-pointer walkers go from a fiber's frames
+ * through the trampoline into its resumer's. The fiber's own sp travels
  * in a register: suspend hands it back in x2, the Rust side keeps it in the
  * Fiber, and resume takes it in x2. The whole stack layout is drawn in
  * src/stack/mod.rs; src/arch/aarch64.rs mirrors the constants below and
@@ -103,17 +107,22 @@ STACKSWITCH_FUNCTION(resume)
         .cfi_offset x19, FRAME_X19 - FRAME_SIZE
         .cfi_offset x29, FRAME_X29 - FRAME_SIZE
         .cfi_offset x30, FRAME_PC - FRAME_SIZE
-        mov     x10, sp
-        str     x10, [x1]                       /* slot = the resumer's switch frame */
-        /* From here the unwinder finds the resumer's frame through the slot:
+        add     x10, sp, #FRAME_X29
+        str     x10, [x1]                       /* slot = the resumer's frame record */
+        /* From here the unwinder finds the resumer's frame through the slot
+         * (R = *x1, the frame record): CFA = R + 24, x30 at R + 8, x29 at R,
+         * x19 at R - 8.
          *   0x0f DW_CFA_def_cfa_expression, 5 bytes:
          *        0x71 DW_OP_breg1 (x1) 0; 0x06 DW_OP_deref;
-         *        0x23 DW_OP_plus_uconst FRAME_SIZE (one ULEB128 byte: < 128)
-         *   0x10 DW_CFA_expression reg, 5 bytes: *x1 + the save offset */
-        .cfi_escape 0x0f, 5, 0x71, 0, 0x06, 0x23, FRAME_SIZE
-        .cfi_escape 0x10, 30, 5, 0x71, 0, 0x06, 0x23, FRAME_PC
-        .cfi_escape 0x10, 29, 5, 0x71, 0, 0x06, 0x23, FRAME_X29
-        .cfi_escape 0x10, 19, 5, 0x71, 0, 0x06, 0x23, FRAME_X19
+         *        0x23 DW_OP_plus_uconst 24
+         *   0x10 DW_CFA_expression 30, 5 bytes: R; 0x23 plus_uconst 8
+         *   0x10 DW_CFA_expression 29, 3 bytes: R
+         *   0x10 DW_CFA_expression 19, 5 bytes: R; 0x38 DW_OP_lit8;
+         *        0x1c DW_OP_minus */
+        .cfi_escape 0x0f, 5, 0x71, 0, 0x06, 0x23, 24
+        .cfi_escape 0x10, 30, 5, 0x71, 0, 0x06, 0x23, 8
+        .cfi_escape 0x10, 29, 3, 0x71, 0, 0x06
+        .cfi_escape 0x10, 19, 5, 0x71, 0, 0x06, 0x38, 0x1c
         /* Restore the fiber's registers from its frame at x2 and land sp
          * just above it, without a separate `mov sp` first. */
 #ifdef STACKSWITCH_FP_CONTROL
@@ -165,8 +174,8 @@ STACKSWITCH_FUNCTION(suspend)
         .cfi_offset x29, FRAME_X29 - FRAME_SIZE
         .cfi_offset x30, FRAME_PC - FRAME_SIZE
         mov     x2, sp                          /* x2 = the fiber's switch frame, for the resumer */
-        ldr     x10, [x1]                       /* x10 = the resumer's sp */
-        mov     sp, x10                         /* now on the resumer's stack */
+        ldr     x10, [x1]                       /* x10 = the resumer's frame record */
+        sub     sp, x10, #FRAME_X29             /* now on the resumer's stack, at its frame */
         RETURN_TO_RESUMER
         .cfi_endproc
 STACKSWITCH_END(suspend)
@@ -181,8 +190,8 @@ STACKSWITCH_END(suspend)
         .p2align 4
 STACKSWITCH_FUNCTION(finish)
         .cfi_startproc
-        ldr     x10, [x1]                       /* x10 = the resumer's switch frame */
-        mov     sp, x10                         /* now on the resumer's stack */
+        ldr     x10, [x1]                       /* x10 = the resumer's frame record */
+        sub     sp, x10, #FRAME_X29             /* now on the resumer's stack, at its frame */
         RETURN_TO_RESUMER
         .cfi_endproc
 STACKSWITCH_END(finish)
@@ -196,29 +205,36 @@ STACKSWITCH_END(finish)
  * Calls entry(value: x0, data: x1, slot: x2) -> !, which leaves through
  * `finish` and never returns.
  *
- * CFI: this frame's caller is whoever resumed the fiber; its switch frame is
- * at *slot, and the slot is at this frame's sp for the whole function:
+ * CFI: this frame's caller is whoever resumed the fiber. The slot is at
+ * this frame's sp for the whole function, and holds R, the resumer's frame
+ * record (CFA = R + 24, x30 at R + 8, x29 at R, x19 at R - 8):
  *   0x0f DW_CFA_def_cfa_expression, 5 bytes:
  *        0x8f DW_OP_breg31 (sp) 0; 0x06 DW_OP_deref;
- *        0x23 DW_OP_plus_uconst FRAME_SIZE      -> CFA = *sp + FRAME_SIZE
- *   0x10 DW_CFA_expression reg N, 5 bytes:
- *        0x8f DW_OP_breg31 (sp) 0; 0x06 DW_OP_deref;
- *        0x23 DW_OP_plus_uconst OFF             -> reg N saved at *sp + OFF
- * for N = 30 (return address), 29 (x29), 19 (x19).
+ *        0x23 DW_OP_plus_uconst 24              -> CFA = R + 24
+ *   0x10 DW_CFA_expression 30, 5 bytes: R; 0x23 plus_uconst 8
+ *   0x10 DW_CFA_expression 29, 3 bytes: R
+ *   0x10 DW_CFA_expression 19, 5 bytes: R; 0x38 DW_OP_lit8; 0x1c DW_OP_minus
+ *
+ * Frame pointers: x29 = the slot, whose word is R (the next frame record)
+ * and whose next word Rust set to trampoline_ret: a frame-pointer walk from
+ * the fiber's frames shows this trampoline, then the resumer's frames.
  */
         .p2align 4
 STACKSWITCH_FUNCTION(trampoline)
         .cfi_startproc
-        .cfi_escape 0x0f, 5, 0x8f, 0, 0x06, 0x23, FRAME_SIZE
-        .cfi_escape 0x10, 30, 5, 0x8f, 0, 0x06, 0x23, FRAME_PC
-        .cfi_escape 0x10, 29, 5, 0x8f, 0, 0x06, 0x23, FRAME_X29
-        .cfi_escape 0x10, 19, 5, 0x8f, 0, 0x06, 0x23, FRAME_X19
+        .cfi_escape 0x0f, 5, 0x8f, 0, 0x06, 0x23, 24
+        .cfi_escape 0x10, 30, 5, 0x8f, 0, 0x06, 0x23, 8
+        .cfi_escape 0x10, 29, 3, 0x8f, 0, 0x06
+        .cfi_escape 0x10, 19, 5, 0x8f, 0, 0x06, 0x38, 0x1c
         hint    #34                             /* bti c: reached by br x17 */
         mov     x1, x29                         /* x1 = data (second argument) */
         mov     x2, sp                          /* x2 = slot (third argument) */
-        mov     x29, xzr                        /* end the frame-pointer chain here */
+        mov     x29, sp                         /* x29 = the slot: a frame record (see above) */
         mov     x16, x19                        /* enter Rust through x16 */
         blr     x16                             /* entry(value, data, slot) -> ! */
+        .globl  STACKSWITCH_SYM(trampoline_ret)
+        .hidden STACKSWITCH_SYM(trampoline_ret)
+STACKSWITCH_SYM(trampoline_ret):
         brk     #0x5353                         /* entry never returns */
         .cfi_endproc
 STACKSWITCH_END(trampoline)

@@ -34,8 +34,12 @@
  * or the trampoline for a fiber that has not started.
  *
  * Where the two stack pointers live. The slot, one word near the top of the
- * fiber's stack, holds the resumer's stack pointer while the fiber runs
- * (suspend, finish and the trampoline's CFI read it there). The fiber's own
+ * fiber's stack, holds the address of the resumer's frame record while the
+ * fiber runs: the {rbp, return address} pair at +FRAME_RBP of its switch
+ * frame (suspend, finish and the trampoline's CFI read it there). Because
+ * the trampoline sets rbp to the slot, and the slot and the word above it
+ * form a frame record too, frame-pointer walkers (perf -g, eBPF profilers)
+ * go from a fiber's frames through the trampoline into its resumer's. The fiber's own
  * stack pointer travels in a register: suspend hands it back in rdx, the
  * Rust side keeps it in the Fiber, and resume takes it in rdx. So a round
  * trip has one store-to-load dependency through memory (the slot), not two.
@@ -80,22 +84,22 @@
 .endm
 
 /*
- * RETURN_TO_RESUMER: rsp = the resumer's switch frame. Restores it and
- * returns into its resume stub. The CFI says, at every instruction, where
- * the resumer's frame and registers are, with the CFA counted from rsp.
+ * RETURN_TO_RESUMER: rsi = the slot. Switches to the resumer's stack at its
+ * frame record, restores the registers saved below the record (reading
+ * below rsp is safe: the 128-byte red zone is never touched by signal
+ * delivery), and returns into its resume stub. The CFI says, at every
+ * instruction, where the resumer's frame and registers are.
  */
 .macro RETURN_TO_RESUMER
-        .cfi_def_cfa rsp, FRAME_SIZE
-        .cfi_offset rbx, FRAME_RBX - FRAME_SIZE
-        .cfi_offset rbp, FRAME_RBP - FRAME_SIZE
+        mov     rsp, [rsi]              /* rsp = the resumer's frame record */
+        .cfi_def_cfa rsp, 16
+        .cfi_offset rbp, -16
+        .cfi_offset rbx, -24
 #ifdef STACKSWITCH_FP_CONTROL
-        ldmxcsr [rsp]                   /* the resumer's MXCSR */
-        fldcw   [rsp + 4]               /* the resumer's x87 CW */
-        add     rsp, 8
-        .cfi_adjust_cfa_offset -8
+        ldmxcsr [rsp + FRAME_FPCTL - FRAME_RBP]     /* the resumer's MXCSR */
+        fldcw   [rsp + FRAME_FPCTL - FRAME_RBP + 4] /* the resumer's x87 CW */
 #endif
-        pop     rbx                     /* the resumer's rbx */
-        .cfi_adjust_cfa_offset -8
+        mov     rbx, [rsp + FRAME_RBX - FRAME_RBP]  /* the resumer's rbx */
         .cfi_restore rbx
         pop     rbp                     /* the resumer's rbp */
         .cfi_adjust_cfa_offset -8
@@ -123,18 +127,30 @@
         .p2align 4
 STACKSWITCH_FUNCTION(resume)
         .cfi_startproc
-        SAVE_FRAME
-        mov     [rsi], rsp              /* slot = the resumer's switch frame */
-        /* From here the unwinder finds the resumer's frame through the slot:
-         * CFA = *rsi + FRAME_SIZE, the saved registers at fixed offsets.
+        push    rbp                     /* with the return address: a frame record */
+        .cfi_adjust_cfa_offset 8
+        .cfi_rel_offset rbp, 0
+        mov     [rsi], rsp              /* slot = the resumer's frame record */
+        push    rbx                     /* LLVM base pointer of the resumer */
+#ifdef STACKSWITCH_FP_CONTROL
+        sub     rsp, 8                  /* room for MXCSR + x87 CW */
+        stmxcsr [rsp]                   /* [rsp] = SSE rounding/exception masks */
+        fnstcw  [rsp + 4]               /* [rsp+4] = x87 precision/rounding */
+#endif
+        /* From here the unwinder finds the resumer's frame through the slot
+         * (R = *rsi, the frame record): CFA = R + 16, return address at
+         * R + 8, rbp at R, rbx at R - 8.
          *   0x0f DW_CFA_def_cfa_expression, 5 bytes:
          *        0x74 DW_OP_breg4 (rsi) 0; 0x06 DW_OP_deref;
-         *        0x23 DW_OP_plus_uconst FRAME_SIZE
-         *   0x10 DW_CFA_expression reg, 5 bytes: same, + the save offset  */
-        .cfi_escape 0x0f, 5, 0x74, 0, 0x06, 0x23, FRAME_SIZE
-        .cfi_escape 0x10, 16, 5, 0x74, 0, 0x06, 0x23, FRAME_PC   /* rip */
-        .cfi_escape 0x10, 6, 5, 0x74, 0, 0x06, 0x23, FRAME_RBP   /* rbp */
-        .cfi_escape 0x10, 3, 5, 0x74, 0, 0x06, 0x23, FRAME_RBX   /* rbx */
+         *        0x23 DW_OP_plus_uconst 16
+         *   0x10 DW_CFA_expression 16 (rip), 5 bytes: R; plus_uconst 8
+         *   0x10 DW_CFA_expression 6 (rbp), 3 bytes: R
+         *   0x10 DW_CFA_expression 3 (rbx), 5 bytes: R; 0x38 DW_OP_lit8;
+         *        0x1c DW_OP_minus */
+        .cfi_escape 0x0f, 5, 0x74, 0, 0x06, 0x23, 16
+        .cfi_escape 0x10, 16, 5, 0x74, 0, 0x06, 0x23, 8
+        .cfi_escape 0x10, 6, 3, 0x74, 0, 0x06
+        .cfi_escape 0x10, 3, 5, 0x74, 0, 0x06, 0x38, 0x1c
         /* Restore the fiber's registers from its frame at rdx, land rsp just
          * above the frame, and jump through the frame's resume address:
          * loads through rdx rather than pops after `mov rsp`, which saves an
@@ -166,8 +182,7 @@ STACKSWITCH_FUNCTION(suspend)
         .cfi_startproc
         SAVE_FRAME
         mov     rdx, rsp                /* rdx = the fiber's switch frame, for the resumer */
-        mov     rsp, [rsi]              /* now on the resumer's stack */
-        RETURN_TO_RESUMER
+        RETURN_TO_RESUMER               /* now on the resumer's stack */
         .cfi_endproc
 STACKSWITCH_END(suspend)
 
@@ -181,7 +196,6 @@ STACKSWITCH_END(suspend)
         .p2align 4
 STACKSWITCH_FUNCTION(finish)
         .cfi_startproc
-        mov     rsp, [rsi]              /* the resumer's switch frame */
         RETURN_TO_RESUMER               /* into the resumer's resume stub */
         .cfi_endproc
 STACKSWITCH_END(finish)
@@ -196,29 +210,38 @@ STACKSWITCH_END(finish)
  * Calls entry(value: rdi, data: rsi, slot: rdx) -> !, which never returns:
  * it leaves through `finish`.
  *
- * CFI: this frame's caller is whoever resumed the fiber. Its switch frame
- * is at *slot, and the slot is at this frame's rsp, for the whole function:
+ * CFI: this frame's caller is whoever resumed the fiber. The slot is at
+ * this frame's rsp for the whole function, and holds R, the resumer's frame
+ * record (CFA = R + 16, return address at R + 8, rbp at R, rbx at R - 8):
  *   0x0f DW_CFA_def_cfa_expression, 5 bytes:
  *        0x77 DW_OP_breg7 (rsp) 0; 0x06 DW_OP_deref;
- *        0x23 DW_OP_plus_uconst FRAME_SIZE     -> CFA = *rsp + FRAME_SIZE
- *   0x10 DW_CFA_expression reg N, 5 bytes:
- *        0x77 DW_OP_breg7 (rsp) 0; 0x06 DW_OP_deref;
- *        0x23 DW_OP_plus_uconst OFF            -> reg N saved at *rsp + OFF
- * for N = 16 (return address), 6 (rbp), 3 (rbx). So gdb, perf and
- * std::backtrace continue from a fiber into the frames of its resumer.
+ *        0x23 DW_OP_plus_uconst 16             -> CFA = R + 16
+ *   0x10 DW_CFA_expression 16 (rip), 5 bytes: R; 0x23 plus_uconst 8
+ *   0x10 DW_CFA_expression 6 (rbp), 3 bytes:  R
+ *   0x10 DW_CFA_expression 3 (rbx), 5 bytes:  R; 0x38 DW_OP_lit8;
+ *        0x1c DW_OP_minus
+ * So gdb and std::backtrace continue from a fiber into its resumer.
+ *
+ * Frame pointers: rbp = the slot, whose word is R (the next frame record)
+ * and whose next word Rust set to trampoline_ret (the return address of
+ * this frame, as a walker sees it). A frame-pointer walk from the fiber's
+ * frames thus shows this trampoline, then the resumer's frames.
  */
         .p2align 4
 STACKSWITCH_FUNCTION(trampoline)
         .cfi_startproc
-        .cfi_escape 0x0f, 5, 0x77, 0, 0x06, 0x23, FRAME_SIZE
-        .cfi_escape 0x10, 16, 5, 0x77, 0, 0x06, 0x23, FRAME_PC
-        .cfi_escape 0x10, 6, 5, 0x77, 0, 0x06, 0x23, FRAME_RBP
-        .cfi_escape 0x10, 3, 5, 0x77, 0, 0x06, 0x23, FRAME_RBX
+        .cfi_escape 0x0f, 5, 0x77, 0, 0x06, 0x23, 16
+        .cfi_escape 0x10, 16, 5, 0x77, 0, 0x06, 0x23, 8
+        .cfi_escape 0x10, 6, 3, 0x77, 0, 0x06
+        .cfi_escape 0x10, 3, 5, 0x77, 0, 0x06, 0x38, 0x1c
         endbr64                         /* reached by an indirect jmp */
         mov     rsi, rbp                /* rsi = data (second argument) */
         mov     rdx, rsp                /* rdx = slot (third argument) */
-        xor     ebp, ebp                /* end the frame-pointer chain here */
+        mov     rbp, rsp                /* rbp = the slot: a frame record (see above) */
         call    rbx                     /* entry(value, data, slot) -> ! */
+        .globl  STACKSWITCH_SYM(trampoline_ret)
+        .hidden STACKSWITCH_SYM(trampoline_ret)
+STACKSWITCH_SYM(trampoline_ret):
         ud2                             /* entry never returns */
         .cfi_endproc
 STACKSWITCH_END(trampoline)

@@ -273,6 +273,7 @@ impl<I: 'static, Y, R, S: Stack> Fiber<I, Y, R, S> {
             });
         }
         let closure = (high - size_of::<F>()) & !(align - 1);
+        // The slot word and the word above it (a frame record, see arch).
         let slot = (closure - 16) as *mut usize;
         // SAFETY: closure..closure+size_of::<F>() lies in low..high (checked
         // above), is aligned for F, and is owned by the stack we now own.
@@ -552,5 +553,72 @@ impl<I, Y, R, S: Stack> std::ops::Deref for SendFiber<I, Y, R, S> {
 impl<I, Y, R, S: Stack> fmt::Debug for SendFiber<I, Y, R, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Record = (usize, usize);
+
+    /// Resumes `fiber` once.
+    #[inline(never)]
+    fn resumer(fiber: &mut Fiber<(), Record, ()>) -> Record {
+        std::hint::black_box(fiber.resume(())).yielded().unwrap()
+    }
+
+    /// Whether `ret` is the return address of a call to the `.S` resume:
+    /// the instruction before it is `call rel32` (x86_64) or `bl` (aarch64)
+    /// whose target is `stackswitch_resume_v1`.
+    fn returns_from_resume(ret: usize) -> bool {
+        let resume = arch::stackswitch_resume_v1 as unsafe extern "C" fn() as usize;
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: ret is a return address in this binary's code, which is
+            // readable; a rel32 call is the 5 bytes before it.
+            let (opcode, rel) = unsafe {
+                (
+                    *((ret - 5) as *const u8),
+                    ((ret - 4) as *const i32).read_unaligned(),
+                )
+            };
+            opcode == 0xe8 && ret.wrapping_add_signed(rel as isize) == resume
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            // SAFETY: ret is a return address in this binary's code; the `bl`
+            // is the 4-byte instruction before it.
+            let insn = unsafe { *((ret - 4) as *const u32) };
+            let imm26 = ((insn & 0x03ff_ffff) << 6) as i32 >> 6;
+            insn >> 26 == 0b100101 && (ret - 4).wrapping_add_signed(imm26 as isize * 4) == resume
+        }
+    }
+
+    #[test]
+    fn slot_is_a_frame_record_leading_into_the_resumer() {
+        let mut fiber = Fiber::new(64 << 10, |(), s: &Suspender<(), Record>| {
+            let slot = s.slot;
+            // SAFETY: while the fiber runs, the slot holds the address of the
+            // resumer's frame record {fp, return address}, and the word above
+            // the slot was set by init_fiber.
+            let (ret, above) = unsafe {
+                let record = *slot as *const usize;
+                (*record.add(1), *slot.add(1))
+            };
+            s.suspend((ret, above));
+        })
+        .unwrap();
+        let (ret, above) = resumer(&mut fiber);
+        assert!(
+            returns_from_resume(ret),
+            "the record's return address {ret:#x} does not follow a call to resume"
+        );
+        // SAFETY: only the static's address is taken.
+        let trampoline_ret = unsafe { &raw const arch::stackswitch_trampoline_ret_v1 } as usize;
+        assert_eq!(
+            above, trampoline_ret,
+            "the word above the slot is the trampoline's return"
+        );
     }
 }

@@ -45,6 +45,10 @@ extern "C" {
     /// only named as the resume address of an initial frame.
     fn stackswitch_trampoline_v1();
 
+    /// The return address of the trampoline's call into Rust: the word next
+    /// to the slot, so that the slot reads as a frame record.
+    pub(crate) static stackswitch_trampoline_ret_v1: u8;
+
     /// Calls `f(arg)` with the stack pointer set to `sp`, then returns on the
     /// original stack.
     #[allow(dead_code)] // used by the host-function guard
@@ -75,13 +79,15 @@ pub(crate) unsafe fn call_on_stack(arg: *mut u8, f: OnStackFn, sp: *mut u8) {
     unsafe { stackswitch_call_on_stack_v1(arg, f, sp) }
 }
 
-/// Writes the initial switch frame of a fiber just below `slot` and returns
-/// its address: the fiber's stack pointer for its first `resume`, which
-/// enters the trampoline, which calls `entry(value, data, slot)`.
+/// Writes the initial switch frame of a fiber just below `slot` and the
+/// trampoline's return address just above it (so that the slot and that
+/// word form a frame record, see the `.S`), and returns the frame's address:
+/// the fiber's stack pointer for its first `resume`, which enters the
+/// trampoline, which calls `entry(value, data, slot)`.
 ///
 /// # Safety
-/// `slot` must be 16-byte aligned, writable, and have at least
-/// `FRAME_SIZE` writable bytes below it on the fiber's stack.
+/// `slot` must be 16-byte aligned, with the word above it and at least
+/// `FRAME_SIZE` bytes below it writable and on the fiber's stack.
 pub(crate) unsafe fn init_fiber(slot: *mut usize, entry: EntryFn, data: *mut u8) -> usize {
     debug_assert_eq!(
         slot as usize % 16,
@@ -89,8 +95,13 @@ pub(crate) unsafe fn init_fiber(slot: *mut usize, entry: EntryFn, data: *mut u8)
         "the fiber slot must be 16-byte aligned"
     );
     let frame = (slot as usize - FRAME_SIZE) as *mut InitialFrame;
-    // SAFETY: the caller guarantees FRAME_SIZE writable bytes below the slot,
-    // and InitialFrame is FRAME_SIZE bytes with alignment 8 (const-asserted).
-    unsafe { frame.write(InitialFrame::new(entry, data)) };
+    // SAFETY: the caller guarantees FRAME_SIZE writable bytes below the slot
+    // and the word above it; InitialFrame is FRAME_SIZE bytes with alignment
+    // 8 (const-asserted). The static is only taken the address of.
+    unsafe {
+        frame.write(InitialFrame::new(entry, data));
+        slot.add(1)
+            .write(&raw const stackswitch_trampoline_ret_v1 as usize);
+    }
     frame as usize
 }

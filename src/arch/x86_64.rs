@@ -8,7 +8,7 @@ use super::EntryFn;
 extern "C" {
     // Not callable as Rust functions: they follow the register contract in
     // asm/x86_64.S and are entered only from the asm! stubs below.
-    fn stackswitch_resume_v1();
+    pub(crate) fn stackswitch_resume_v1();
     fn stackswitch_suspend_v1();
     fn stackswitch_finish_v1();
 }
