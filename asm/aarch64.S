@@ -222,6 +222,13 @@ STACKSWITCH_END(finish)
         .p2align 4
 STACKSWITCH_FUNCTION(trampoline)
         .cfi_startproc
+        /* A signal frame to unwinders: its caller (the resumer) may be on a
+         * stack at a lower address than this one, which gdb otherwise
+         * rejects as "frame inner to this frame (corrupt stack?)". Unwinders
+         * then look the resumer's frame up at its return address itself
+         * rather than one byte before; that address is inside the same
+         * function, after the call into the switch. */
+        .cfi_signal_frame
         .cfi_escape 0x0f, 5, 0x8f, 0, 0x06, 0x23, 24
         .cfi_escape 0x10, 30, 5, 0x8f, 0, 0x06, 0x23, 8
         .cfi_escape 0x10, 29, 3, 0x8f, 0, 0x06
