@@ -183,7 +183,9 @@ STACKSWITCH_END(suspend)
 /*
  * fn finish(value: x0 (bit 0 set: finished), slot: x1) -> !
  *
- * The fiber's last switch: called from the fiber's Rust entry once
+ * The fiber's last switch: branched to (`b`, not `bl`: it never returns,
+ * and a `bl` would unbalance the return-address predictor) from the
+ * fiber's Rust entry once
  * everything on the fiber's stack has been dropped. Nothing of the fiber
  * is saved.
  */
@@ -202,8 +204,10 @@ STACKSWITCH_END(finish)
  * (src/arch/aarch64.rs, InitialFrame, just below the slot): x19 = the Rust entry function,
  * x29 = its data pointer, sp = the slot (16-byte aligned), x0 = first value.
  *
- * Calls entry(value: x0, data: x1, slot: x2) -> !, which leaves through
- * `finish` and never returns.
+ * Enters entry(value: x0, data: x1, slot: x2) -> ! with `br`, x30 set to
+ * trampoline_ret: entry never returns (it leaves through `finish`, also
+ * reached by a branch), so a `blr` would leave an entry on the return
+ * address predictor's stack that no `ret` consumes.
  *
  * CFI: this frame's caller is whoever resumed the fiber. The slot is at
  * this frame's sp for the whole function, and holds R, the resumer's frame
@@ -237,8 +241,9 @@ STACKSWITCH_FUNCTION(trampoline)
         mov     x1, x29                         /* x1 = data (second argument) */
         mov     x2, sp                          /* x2 = slot (third argument) */
         mov     x29, sp                         /* x29 = the slot: a frame record (see above) */
+        adr     x30, STACKSWITCH_SYM(trampoline_ret) /* the return address entry sees */
         mov     x16, x19                        /* enter Rust through x16 */
-        blr     x16                             /* entry(value, data, slot) -> ! */
+        br      x16                             /* entry(value, data, slot) -> ! */
         .globl  STACKSWITCH_SYM(trampoline_ret)
         .hidden STACKSWITCH_SYM(trampoline_ret)
 STACKSWITCH_SYM(trampoline_ret):

@@ -189,7 +189,9 @@ STACKSWITCH_END(suspend)
 /*
  * fn finish(value: rdi (bit 0 set: finished), slot: rsi) -> !
  *
- * The fiber's last switch: called from the fiber's Rust entry once
+ * The fiber's last switch: jumped to (not called: it never returns, and a
+ * call would unbalance the return-address predictor) from the fiber's Rust
+ * entry once
  * everything on the fiber's stack has been dropped. Nothing of the fiber is
  * saved; rdx is left as it is (the resumer ignores it after a finish).
  */
@@ -203,24 +205,34 @@ STACKSWITCH_END(finish)
 /*
  * The first frame of every fiber. Reached by resume's `jmp` the first time a
  * fiber runs, from the initial switch frame Rust wrote (src/arch/x86_64.rs,
- * InitialFrame, just below the slot): rbx = the Rust entry function,
- * rbp = its data pointer, rsp = the slot (16-byte aligned), rdi = the first
- * value.
+ * InitialFrame, just below the slot and the word under it): rbx = the Rust
+ * entry function, rbp = its data pointer, rdi = the first value, and
+ * rsp = slot - 8, where Rust stored trampoline_ret: the return address the
+ * entry function finds, as if this frame had called it.
  *
- * Calls entry(value: rdi, data: rsi, slot: rdx) -> !, which never returns:
- * it leaves through `finish`.
+ * Enters entry(value: rdi, data: rsi, slot: rdx) -> ! with `jmp`, not
+ * `call`: entry never returns (it leaves through `finish`, also reached by a
+ * jump), so a `call` would leave an entry on the return-address predictor's
+ * stack that no `ret` consumes, and the resumer's next returns would be
+ * mispredicted.
  *
- * CFI: this frame's caller is whoever resumed the fiber. The slot is at
- * this frame's rsp for the whole function, and holds R, the resumer's frame
- * record (CFA = R + 16, return address at R + 8, rbp at R, rbx at R - 8):
+ * CFI, through rbp = the slot (set by the second instruction, and kept by
+ * every callee, as rbp is callee-saved): this frame's caller is whoever
+ * resumed the fiber; the slot holds R, the resumer's frame record
+ * (CFA = R + 16, return address at R + 8, rbp at R, rbx at R - 8):
  *   0x0f DW_CFA_def_cfa_expression, 5 bytes:
- *        0x77 DW_OP_breg7 (rsp) 0; 0x06 DW_OP_deref;
+ *        0x76 DW_OP_breg6 (rbp) 0; 0x06 DW_OP_deref;
  *        0x23 DW_OP_plus_uconst 16             -> CFA = R + 16
  *   0x10 DW_CFA_expression 16 (rip), 5 bytes: R; 0x23 plus_uconst 8
  *   0x10 DW_CFA_expression 6 (rbp), 3 bytes:  R
  *   0x10 DW_CFA_expression 3 (rbx), 5 bytes:  R; 0x38 DW_OP_lit8;
  *        0x1c DW_OP_minus
- * So gdb and std::backtrace continue from a fiber into its resumer.
+ * So gdb and std::backtrace continue from a fiber into its resumer. The
+ * frame is marked a signal frame: gdb would otherwise refuse a caller on a
+ * stack at a lower address ("frame inner to this frame"). Unwinders then
+ * look the resumer's frame up at its return address itself rather than one
+ * byte before; that address is inside the same function, after the call
+ * into the switch.
  *
  * Frame pointers: rbp = the slot, whose word is R (the next frame record)
  * and whose next word Rust set to trampoline_ret (the return address of
@@ -230,22 +242,16 @@ STACKSWITCH_END(finish)
         .p2align 4
 STACKSWITCH_FUNCTION(trampoline)
         .cfi_startproc
-        /* A signal frame to unwinders: its caller (the resumer) may be on a
-         * stack at a lower address than this one, which gdb otherwise
-         * rejects as "frame inner to this frame (corrupt stack?)". Unwinders
-         * then look the resumer's frame up at its return address itself
-         * rather than one byte before; that address is inside the same
-         * function, after the call into the switch. */
         .cfi_signal_frame
-        .cfi_escape 0x0f, 5, 0x77, 0, 0x06, 0x23, 16
-        .cfi_escape 0x10, 16, 5, 0x77, 0, 0x06, 0x23, 8
-        .cfi_escape 0x10, 6, 3, 0x77, 0, 0x06
-        .cfi_escape 0x10, 3, 5, 0x77, 0, 0x06, 0x38, 0x1c
+        .cfi_escape 0x0f, 5, 0x76, 0, 0x06, 0x23, 16
+        .cfi_escape 0x10, 16, 5, 0x76, 0, 0x06, 0x23, 8
+        .cfi_escape 0x10, 6, 3, 0x76, 0, 0x06
+        .cfi_escape 0x10, 3, 5, 0x76, 0, 0x06, 0x38, 0x1c
         endbr64                         /* reached by an indirect jmp */
         mov     rsi, rbp                /* rsi = data (second argument) */
-        mov     rdx, rsp                /* rdx = slot (third argument) */
-        mov     rbp, rsp                /* rbp = the slot: a frame record (see above) */
-        call    rbx                     /* entry(value, data, slot) -> ! */
+        lea     rbp, [rsp + 8]          /* rbp = the slot: a frame record (see above) */
+        mov     rdx, rbp                /* rdx = slot (third argument) */
+        jmp     rbx                     /* entry(value, data, slot) -> !, [rsp] = trampoline_ret */
         .globl  STACKSWITCH_SYM(trampoline_ret)
         .hidden STACKSWITCH_SYM(trampoline_ret)
 STACKSWITCH_SYM(trampoline_ret):

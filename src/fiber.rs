@@ -265,7 +265,7 @@ impl<I: 'static, Y, R, S: Stack> Fiber<I, Y, R, S> {
         // initial frame below the slot; then at least MIN_FREE_STACK.
         let needed = size_of::<F>()
             .saturating_add(align)
-            .saturating_add(16 + arch::FRAME_SIZE + MIN_FREE_STACK);
+            .saturating_add(arch::FIBER_OVERHEAD + MIN_FREE_STACK);
         if high.saturating_sub(bounds.low) < needed {
             return Err(Error::StackTooSmall {
                 requested: bounds.size(),
@@ -279,7 +279,7 @@ impl<I: 'static, Y, R, S: Stack> Fiber<I, Y, R, S> {
         // above), is aligned for F, and is owned by the stack we now own.
         unsafe { (closure as *mut F).write(f) };
         // SAFETY: the slot is 16-byte aligned, inside the stack, with
-        // FRAME_SIZE + MIN_FREE_STACK bytes below it (checked above).
+        // FIBER_OVERHEAD + MIN_FREE_STACK bytes around it (checked above).
         let sp = unsafe { arch::init_fiber(slot, fiber_entry::<F, I, Y, R>, closure as *mut u8) };
         let valgrind_stack = crate::valgrind::stack_register(bounds.low, bounds.high);
         Ok(Fiber {
@@ -358,7 +358,7 @@ impl<I, Y, R, S: Stack> Fiber<I, Y, R, S> {
     /// run has frames below its initial switch frame, so its saved stack
     /// pointer can never equal that frame's address again.
     pub fn is_started(&self) -> bool {
-        self.sp != self.slot as usize - arch::FRAME_SIZE
+        self.sp != arch::initial_sp(self.slot)
     }
 
     /// The stack the fiber runs on.

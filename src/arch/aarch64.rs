@@ -17,6 +17,10 @@ extern "C" {
 /// without `fp-control`: FPCR takes the word that is padding otherwise.
 pub(crate) const FRAME_SIZE: usize = 32;
 
+/// Words between the slot and the initial frame: none, the return address
+/// the trampoline sets for the entry function is in x30.
+pub(crate) const TRAMPOLINE_RETURN_WORDS: usize = 0;
+
 /// The switch frame of a fiber that has not started (see the `.S` banner).
 #[repr(C)]
 pub(crate) struct InitialFrame {
@@ -155,7 +159,7 @@ pub(crate) unsafe fn finish(value: usize, slot: *mut usize) -> ! {
     // its resume stub; this fiber's stack is never used again.
     unsafe {
         asm!(
-            "bl {finish}",
+            "b {finish}", // never returns: no return address to predict
             finish = sym stackswitch_finish_v1,
             in("x0") value,
             in("x1") slot,

@@ -79,29 +79,47 @@ pub(crate) unsafe fn call_on_stack(arg: *mut u8, f: OnStackFn, sp: *mut u8) {
     unsafe { stackswitch_call_on_stack_v1(arg, f, sp) }
 }
 
-/// Writes the initial switch frame of a fiber just below `slot` and the
-/// trampoline's return address just above it (so that the slot and that
-/// word form a frame record, see the `.S`), and returns the frame's address:
-/// the fiber's stack pointer for its first `resume`, which enters the
-/// trampoline, which calls `entry(value, data, slot)`.
+/// Where a fresh fiber's stack pointer points, for a given slot: its
+/// initial switch frame, below the slot and, on x86_64, below the return
+/// address the trampoline leaves for the entry function
+/// ([`TRAMPOLINE_RETURN_WORDS`]). A fiber that has run has frames below this,
+/// so its saved stack pointer never equals it again.
+#[inline]
+pub(crate) fn initial_sp(slot: *mut usize) -> usize {
+    slot as usize - TRAMPOLINE_RETURN_WORDS * 8 - FRAME_SIZE
+}
+
+/// Bytes a fiber needs above its initial stack pointer: the slot and the
+/// word above it, the trampoline's return word (x86_64), the initial frame.
+pub(crate) const FIBER_OVERHEAD: usize = 16 + TRAMPOLINE_RETURN_WORDS * 8 + FRAME_SIZE;
+
+/// Writes what a fiber's first `resume` needs below `slot`: the initial
+/// switch frame and, on x86_64, the return address the trampoline leaves for
+/// the entry function; and the trampoline's return address in the word
+/// above the slot, so that the slot and that word form a frame record (see
+/// the `.S`). Returns the fiber's initial stack pointer: its first `resume`
+/// enters the trampoline, which calls `entry(value, data, slot)`.
 ///
 /// # Safety
 /// `slot` must be 16-byte aligned, with the word above it and at least
-/// `FRAME_SIZE` bytes below it writable and on the fiber's stack.
+/// `FIBER_OVERHEAD - 16` bytes below it writable and on the fiber's stack.
 pub(crate) unsafe fn init_fiber(slot: *mut usize, entry: EntryFn, data: *mut u8) -> usize {
     debug_assert_eq!(
         slot as usize % 16,
         0,
         "the fiber slot must be 16-byte aligned"
     );
-    let frame = (slot as usize - FRAME_SIZE) as *mut InitialFrame;
-    // SAFETY: the caller guarantees FRAME_SIZE writable bytes below the slot
-    // and the word above it; InitialFrame is FRAME_SIZE bytes with alignment
-    // 8 (const-asserted). The static is only taken the address of.
+    let ret = &raw const stackswitch_trampoline_ret_v1 as usize;
+    let sp = initial_sp(slot);
+    // SAFETY: the caller guarantees the bytes from `sp` up to and including
+    // the word above the slot are writable; InitialFrame is FRAME_SIZE bytes
+    // with alignment 8 (const-asserted) and `sp` is 8-aligned.
     unsafe {
-        frame.write(InitialFrame::new(entry, data));
-        slot.add(1)
-            .write(&raw const stackswitch_trampoline_ret_v1 as usize);
+        (sp as *mut InitialFrame).write(InitialFrame::new(entry, data));
+        if TRAMPOLINE_RETURN_WORDS == 1 {
+            slot.sub(1).write(ret);
+        }
+        slot.add(1).write(ret);
     }
-    frame as usize
+    sp
 }

@@ -20,6 +20,10 @@ pub(crate) const FRAME_SIZE: usize = 24;
 #[cfg(feature = "fp-control")]
 pub(crate) const FRAME_SIZE: usize = 32;
 
+/// Words between the slot and the initial frame: the return address the
+/// trampoline leaves for the entry function it jumps to (see the `.S`).
+pub(crate) const TRAMPOLINE_RETURN_WORDS: usize = 1;
+
 /// MXCSR at power-on and as Rust code expects it: all exceptions masked,
 /// round to nearest, no flush-to-zero.
 #[cfg(feature = "fp-control")]
@@ -182,7 +186,7 @@ pub(crate) unsafe fn finish(value: usize, slot: *mut usize) -> ! {
     // its resume stub; this fiber's stack is never used again.
     unsafe {
         asm!(
-            "call {finish}",
+            "jmp {finish}", // never returns: no return address to predict
             finish = sym stackswitch_finish_v1,
             in("rdi") value,
             in("rsi") slot,
