@@ -114,10 +114,6 @@ pub struct Fiber<I, Y, R, S: Stack = MmapStack> {
     /// has finished. A fresh fiber's frame is the initial one, just below
     /// the slot (see `is_started`): that is the whole state machine.
     sp: usize,
-    /// Drops the closure in place, while `fresh`.
-    drop_closure: unsafe fn(*mut u8),
-    /// Where the closure lives, while `fresh`.
-    closure: *mut u8,
     /// Dropped last, and only when the fiber no longer needs it.
     stack: ManuallyDrop<S>,
     /// The stack's id with Valgrind (meaningless when not under it).
@@ -178,16 +174,6 @@ fn forced_unwind() -> ! {
     resume_unwind(Box::new(ForcedUnwind))
 }
 
-/// Drops a closure of type `F` in place; `Fiber` keeps it as a type-erased
-/// function pointer.
-///
-/// # Safety
-/// `p` must point to a live `F` that nothing else will drop or use.
-unsafe fn drop_erased<F>(p: *mut u8) {
-    // SAFETY: the caller's contract.
-    unsafe { ptr::drop_in_place(p.cast::<F>()) }
-}
-
 /// The Rust entry of every fiber, called by the trampoline: moves the
 /// closure and the first input off the stack and the resumer's frame, runs
 /// the closure under `catch_unwind`, and leaves with `finish`.
@@ -199,12 +185,19 @@ where
     F: FnOnce(I, &Suspender<I, Y>) -> R,
 {
     let exit = {
-        // SAFETY: `data` is the closure Fiber::with_stack wrote; once this
-        // first resume has begun the fiber counts as started, so this is its
-        // only reader and Fiber will not drop it.
+        // SAFETY: `data` is the closure Fiber::with_stack wrote; this first
+        // resume is its only reader.
         let f = unsafe { ptr::read(data.cast::<F>()) };
-        // SAFETY: the first resume hands a pointer to its input (Drop never
-        // resumes a fresh fiber, so it is not 0).
+        if value == 0 {
+            // A fresh fiber being dropped: drop the closure, run nothing.
+            drop(f);
+            let exit = ManuallyDrop::new(Exit::<R>::Unwound);
+            let word = &*exit as *const Exit<R> as usize | arch::FINISHED;
+            // SAFETY: on this fiber's stack, nothing left to drop.
+            unsafe { arch::finish(word, slot) }
+        }
+        // SAFETY: a first resume other than Drop's hands a pointer to its
+        // input.
         let input = unsafe { ptr::read(value as *const I) };
         let suspender = Suspender {
             slot,
@@ -285,8 +278,6 @@ impl<I: 'static, Y, R, S: Stack> Fiber<I, Y, R, S> {
         Ok(Fiber {
             slot,
             sp,
-            drop_closure: drop_erased::<F>,
-            closure: closure as *mut u8,
             stack: ManuallyDrop::new(stack),
             valgrind_stack,
             _types: PhantomData,
@@ -345,7 +336,10 @@ impl<I, Y, R, S: Stack> Fiber<I, Y, R, S> {
             // A free function, not a method: passing `self` to an
             // out-of-line call would let the compiler assume the switch's
             // asm may change the Fiber, and reload its fields every switch.
-            exit_result(exit)
+            match exit {
+                Exit::Return(r) => FiberResult::Return(r),
+                other => exit_result(other),
+            }
         }
     }
 
@@ -413,25 +407,32 @@ impl<I, Y, R, S: Stack> Fiber<I, Y, R, S> {
     /// Ends a fresh or suspended fiber so its stack holds nothing; returns
     /// false if the stack must be leaked instead (a suspended fiber under
     /// `panic = "abort"`).
+    #[inline]
     fn end(&mut self) -> bool {
-        if self.is_finished() {
-            true
-        } else if !self.is_started() {
-            self.sp = 0;
-            // SAFETY: a fresh fiber's closure is alive at `closure` and
-            // nothing else will drop it (the fiber is now finished).
-            unsafe { (self.drop_closure)(self.closure) };
+        // The common case, a fiber that ran to completion, stays inline.
+        self.is_finished() || self.end_unfinished()
+    }
+
+    /// `end` for a fresh or suspended fiber: resumes it with 0, which makes
+    /// a fresh fiber drop its closure and a suspended one unwind. Under
+    /// `panic = "abort"` a suspended fiber cannot unwind: false, its stack
+    /// must be leaked.
+    #[inline(never)]
+    fn end_unfinished(&mut self) -> bool {
+        if cfg!(panic = "unwind") || !self.is_started() {
+            self.unwind();
             true
         } else {
-            self.unwind()
+            false
         }
     }
 
-    #[cfg(panic = "unwind")]
-    fn unwind(&mut self) -> bool {
+    /// Resumes a fresh or suspended fiber with 0 until it finishes.
+    fn unwind(&mut self) {
         loop {
-            // SAFETY: the fiber is suspended; 0 asks its pending `suspend`
-            // to unwind instead of reading an input.
+            // SAFETY: the fiber is fresh or suspended; 0 asks its entry to
+            // drop the closure, or its pending `suspend` to unwind, instead
+            // of reading an input.
             let (out, sp) = unsafe { arch::resume(0, self.slot, self.sp) };
             if out & arch::FINISHED == 0 {
                 self.sp = sp;
@@ -455,18 +456,14 @@ impl<I, Y, R, S: Stack> Fiber<I, Y, R, S> {
                     }
                 }
             }
-            return true;
+            return;
         }
-    }
-
-    #[cfg(not(panic = "unwind"))]
-    fn unwind(&mut self) -> bool {
-        false
     }
 }
 
-/// What `resume` returns once the fiber has finished: its value, or its
-/// panic continued in the resumer.
+/// What `resume` returns once the fiber has finished other than by
+/// returning: its panic continued in the resumer.
+#[cold]
 #[inline(never)]
 fn exit_result<Y, R>(exit: Exit<R>) -> FiberResult<Y, R> {
     match exit {
