@@ -1,0 +1,1 @@
+//! Wasmtime integration of the host-function guard (feature `wasmtime`).
