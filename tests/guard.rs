@@ -58,28 +58,34 @@ fn is_child(name: &str) -> bool {
 fn run_child(name: &str, env: &[(&str, &str)]) -> Child {
     let exe = std::env::current_exe().unwrap();
     let args = ["--exact", name, "--nocapture", "--test-threads=1"];
-    let mut cmd = Command::new(&exe);
-    cmd.args(args);
-    let out = match cmd
+    let run = |program: &std::path::Path, pre: &[&str]| {
+        Command::new(program)
+            .args(pre)
+            .arg(&exe)
+            .args(args)
+            .env("GUARD_CHILD", name)
+            .envs(env.iter().copied())
+            .output()
+    };
+    let mut out = Command::new(&exe)
+        .args(args)
         .env("GUARD_CHILD", name)
         .envs(env.iter().copied())
-        .output()
-    {
-        Ok(out) => out,
-        // An aarch64 test binary under qemu-user (no binfmt_misc) cannot
-        // exec another aarch64 binary directly; the host's qemu can.
-        Err(e) if cfg!(target_arch = "aarch64") && e.raw_os_error() == Some(libc::ENOEXEC) => {
-            Command::new("qemu-aarch64")
-                .args(["-L", "/usr/aarch64-linux-gnu"])
-                .arg(&exe)
-                .args(args)
-                .env("GUARD_CHILD", name)
-                .envs(env.iter().copied())
-                .output()
-                .unwrap()
-        }
-        Err(e) => panic!("cannot run {exe:?}: {e}"),
+        .output();
+    // An aarch64 test binary under qemu-user (without binfmt_misc) cannot
+    // exec another aarch64 binary: the spawn fails (ENOEXEC, or exit 127
+    // from the forked child). The host's qemu-aarch64 can run it.
+    let exec_failed = match &out {
+        Err(e) => e.raw_os_error() == Some(libc::ENOEXEC),
+        Ok(o) => o.status.code() == Some(127) && o.stderr.is_empty(),
     };
+    if cfg!(target_arch = "aarch64") && exec_failed {
+        out = run(
+            std::path::Path::new("qemu-aarch64"),
+            &["-L", "/usr/aarch64-linux-gnu"],
+        );
+    }
+    let out = out.unwrap_or_else(|e| panic!("cannot run {exe:?}: {e}"));
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     eprintln!("--- child {name} stderr ---\n{stderr}--- end ---");
     Child {
