@@ -292,13 +292,12 @@ unsafe fn chain(signum: libc::c_int, info: *mut libc::siginfo_t, context: *mut l
 /// # #[cfg(feature = "wasmtime")]
 /// # fn attach(store: &mut wasmtime::Store<()>) {
 /// use wasmtime::unix::StoreExt;
-/// // SAFETY: handle_fault is async-signal-safe and accepts any signal.
-/// unsafe {
-///     store.set_signal_handler(|sig, info, cx| {
-///         // SAFETY: Wasmtime passes the kernel's siginfo and context.
-///         unsafe { stackswitch::guard::handle_fault(sig, info, cx) }
-///     })
+/// let hook = |sig, info, cx| {
+///     // SAFETY: Wasmtime passes the kernel's siginfo and context.
+///     unsafe { stackswitch::guard::handle_fault(sig, info, cx) }
 /// };
+/// // SAFETY: handle_fault is async-signal-safe and accepts any signal.
+/// unsafe { store.set_signal_handler(hook) };
 /// # }
 /// ```
 ///
