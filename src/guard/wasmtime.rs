@@ -56,7 +56,7 @@ use crate::Error;
 /// the largest case (an async poll) up with room to spare. A debug build
 /// of Wasmtime takes several times as much as a release one.
 pub const WASMTIME_FRAMES: usize = if cfg!(debug_assertions) {
-    16 << 10
+    12 << 10
 } else {
     4 << 10
 };
@@ -187,13 +187,12 @@ impl HostGuard {
     pub fn attach<T>(&self, store: &mut wasmtime::Store<T>) -> Result<(), Error> {
         use wasmtime::unix::StoreExt;
         super::install_fault_handler()?;
-        let hook = |signum: libc::c_int,
-                    info: *const libc::siginfo_t,
-                    context: *const libc::c_void| {
-            // SAFETY: Wasmtime passes the kernel's siginfo and context from
-            // inside its signal handler, on the faulting thread.
-            unsafe { super::handle_fault(signum, info, context) }
-        };
+        let hook =
+            |signum: libc::c_int, info: *const libc::siginfo_t, context: *const libc::c_void| {
+                // SAFETY: Wasmtime passes the kernel's siginfo and context from
+                // inside its signal handler, on the faulting thread.
+                unsafe { super::handle_fault(signum, info, context) }
+            };
         // SAFETY: the hook only calls handle_fault, which is
         // async-signal-safe and returns false for faults it does not own.
         unsafe { store.set_signal_handler(hook) };
