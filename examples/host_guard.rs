@@ -5,14 +5,16 @@
 //! cargo run --example host_guard --features wasmtime
 //! ```
 //!
-//! The embedding is sync, so host functions run on this thread's own stack
-//! (the guard knows its bounds). The budget is the one Wasmtime guarantees
-//! a host function on a 256 KiB async fiber whose guest may use 192 KiB.
+//! The embedding is async: the guest runs on 256 KiB fiber stacks from a
+//! stack pool (so the guard knows their bounds) and may use 192 KiB of it;
+//! the budget is what Wasmtime then guarantees a host function. `render`
+//! is an async host function: each poll of its future is measured.
 
 use std::hint::black_box;
 
-use stackswitch::guard::wasmtime::HostGuard;
 use stackswitch::guard::{peak_report, GuardMode};
+use stackswitch::wasmtime::HostGuard;
+use stackswitch::{PoolConfig, StackPool};
 use wasmtime::{Caller, Config, Engine, Linker, Module, Store};
 
 const ASYNC_STACK: usize = 256 << 10;
@@ -66,9 +68,27 @@ fn render(depth: i32) -> i32 {
     render(depth - 1) + frame[1] as i32
 }
 
+/// Pending once (waking itself), then ready.
+async fn yield_once() {
+    let mut pending = true;
+    std::future::poll_fn(|cx| {
+        if std::mem::take(&mut pending) {
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await
+}
+
 fn main() -> wasmtime::Result<()> {
+    let pool = StackPool::new(PoolConfig::default().stack_size(ASYNC_STACK).capacity(16))?;
     let mut config = Config::new();
-    config.max_wasm_stack(MAX_WASM);
+    config
+        .async_stack_size(ASYNC_STACK)
+        .max_wasm_stack(MAX_WASM)
+        .with_host_stack(pool.stack_creator());
     let engine = Engine::new(&config)?;
     let module = Module::new(&engine, GUEST)?;
 
@@ -80,15 +100,21 @@ fn main() -> wasmtime::Result<()> {
     linker.func_wrap("env", "checksum", move |_: Caller<'_, ()>, i: i32| {
         guard.run("checksum", || checksum(i))
     })?;
-    linker.func_wrap("env", "render", move |_: Caller<'_, ()>, i: i32| {
-        guard.run("render", || render(i * 4))
+    linker.func_wrap_async("env", "render", move |_: Caller<'_, ()>, (i,): (i32,)| {
+        Box::new(guard.run_async("render", async move {
+            let first = render(i * 4);
+            yield_once().await; // Wasmtime suspends the fiber; the next poll is measured too
+            Ok(first + render(i * 2))
+        }))
     })?;
 
     let mut store = Store::new(&engine, ());
     guard.attach(&mut store)?;
-    let instance = linker.instantiate(&mut store, &module)?;
-    let run = instance.get_typed_func::<i32, i32>(&mut store, "run")?;
-    let result = run.call(&mut store, 8)?;
+    let result = futures::executor::block_on(async {
+        let instance = linker.instantiate_async(&mut store, &module).await?;
+        let run = instance.get_typed_func::<i32, i32>(&mut store, "run")?;
+        run.call_async(&mut store, 8).await
+    })?;
 
     println!(
         "guest returned {result}; host functions' stack use (budget {} bytes):\n",

@@ -19,9 +19,9 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
-use stackswitch::guard::wasmtime::{HostGuard, WASMTIME_FRAMES};
 use stackswitch::guard::{self, GuardMode, StackGuard};
-use stackswitch::{remaining_stack, Error, PoolConfig, PooledStack, Stack, StackPool};
+use stackswitch::wasmtime::{HostGuard, WASMTIME_FRAMES};
+use stackswitch::{remaining_stack, Error, PoolConfig, StackPool};
 use wasmtime::{Caller, Config, Engine, Instance, Linker, Module, StackCreator, Store};
 
 /// Wasmtime's fiber stack size and the guest's limit in these tests.
@@ -52,44 +52,6 @@ fn use_stack<const N: usize>() -> u8 {
     buf[N / 2]
 }
 
-/// A stack creator over our pool, so the guard knows Wasmtime's fibers.
-struct PoolCreator(StackPool);
-
-struct PoolMemory(PooledStack);
-
-// SAFETY: the pooled stack's memory is ours until dropped; range and
-// guard_range report its exact, page-aligned bounds.
-unsafe impl wasmtime::StackMemory for PoolMemory {
-    fn top(&self) -> *mut u8 {
-        self.0.bounds().high as *mut u8
-    }
-    fn range(&self) -> std::ops::Range<usize> {
-        let b = self.0.bounds();
-        b.low..b.high
-    }
-    fn guard_range(&self) -> std::ops::Range<*mut u8> {
-        let b = self.0.bounds();
-        b.guard as *mut u8..b.low as *mut u8
-    }
-}
-
-// SAFETY: hands out whole stacks of the asked size from the pool.
-unsafe impl StackCreator for PoolCreator {
-    fn new_stack(
-        &self,
-        size: usize,
-        zeroed: bool,
-    ) -> wasmtime::Result<Box<dyn wasmtime::StackMemory>> {
-        assert_eq!(size, self.0.stack_size());
-        let stack = if zeroed {
-            self.0.acquire_zeroed()?
-        } else {
-            self.0.acquire()?
-        };
-        Ok(Box::new(PoolMemory(stack)))
-    }
-}
-
 fn engine(async_calls: bool) -> Engine {
     let mut config = Config::new();
     config.max_wasm_stack(MAX_WASM);
@@ -97,7 +59,7 @@ fn engine(async_calls: bool) -> Engine {
         config.async_stack_size(ASYNC_STACK);
         let pool =
             StackPool::new(PoolConfig::default().stack_size(ASYNC_STACK).capacity(16)).unwrap();
-        config.with_host_stack(Arc::new(PoolCreator(pool)));
+        config.with_host_stack(pool.stack_creator());
     }
     Engine::new(&config).unwrap()
 }
