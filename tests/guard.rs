@@ -104,7 +104,7 @@ fn budget_is_exact_on_thread_stack() {
         for depth in [0usize, 100, 2000] {
             let left = deep(depth, &|| guard.run(|| remaining_stack().unwrap()).unwrap());
             assert!(
-                left <= BUDGET && left >= BUDGET - SLACK,
+                (BUDGET - SLACK..=BUDGET).contains(&left),
                 "depth {depth}: {left} bytes left of a {BUDGET}-byte budget"
             );
         }
@@ -272,7 +272,7 @@ fn values_come_back_and_guards_nest() {
         })
         .unwrap();
     assert_eq!(s, "from the budget stack");
-    assert!(inner_left <= 16 << 10 && inner_left >= (16 << 10) - SLACK);
+    assert!(((16 << 10) - SLACK..=16 << 10).contains(&inner_left));
     // A nested budget larger than what the outer one has left is refused.
     let err = outer.run(|| {
         StackGuard::new("too_big", BUDGET)
@@ -310,7 +310,7 @@ fn measure_reports_the_peak() {
         let e = report.get("measured_h").unwrap();
         assert_eq!((e.calls, e.budget), (4, BUDGET));
         assert!(
-            e.peak >= X && e.peak <= X + SLACK,
+            (X..=X + SLACK).contains(&e.peak),
             "peak {} for a function using {X}",
             e.peak
         );

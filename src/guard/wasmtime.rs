@@ -83,7 +83,7 @@ impl HostGuard {
     ///
     /// # Errors
     /// [`Error::NoHostBudget`] when that leaves less than
-    /// [`MIN_BUDGET`](super::MIN_BUDGET).
+    /// [`MIN_BUDGET`].
     ///
     /// ```
     /// use stackswitch::guard::wasmtime::{HostGuard, WASMTIME_FRAMES};
@@ -111,7 +111,7 @@ impl HostGuard {
     /// A guard with an explicit budget.
     ///
     /// # Errors
-    /// [`Error::BudgetTooSmall`] below [`MIN_BUDGET`](super::MIN_BUDGET).
+    /// [`Error::BudgetTooSmall`] below [`MIN_BUDGET`].
     pub fn with_budget(budget: usize) -> Result<HostGuard, Error> {
         if budget < MIN_BUDGET {
             return Err(Error::BudgetTooSmall {
