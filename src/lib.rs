@@ -73,6 +73,7 @@ compile_error!(
 mod arch;
 mod error;
 mod fiber;
+pub mod guard;
 mod stack;
 pub mod valgrind;
 #[cfg(feature = "wasmtime")]
@@ -80,6 +81,7 @@ pub mod wasmtime;
 
 pub use error::Error;
 pub use fiber::{Fiber, FiberResult, SendFiber, Suspender};
+pub use guard::{with_stack_budget, GuardMode, StackGuard};
 pub use stack::{
     guard_kind, locate, page_size, remaining_stack, thread_stack, GuardKind, MmapStack, PoolConfig,
     PooledStack, Stack, StackBounds, StackLocation, StackPool, MAX_POOL_BYTES, MAX_POOL_CAPACITY,
