@@ -32,6 +32,10 @@ const RUNNING_ON_VALGRIND: usize = 0x1001;
 const STACK_REGISTER: usize = 0x1501;
 /// `VG_USERREQ__STACK_DEREGISTER(id)`.
 const STACK_DEREGISTER: usize = 0x1502;
+/// memcheck's `VG_USERREQ__MAKE_MEM_DEFINED(addr, len)`: tool requests are
+/// numbered from `('M' << 24) | ('C' << 16)`; this is the third (after
+/// `MAKE_MEM_NOACCESS` and `MAKE_MEM_UNDEFINED`).
+const MAKE_MEM_DEFINED: usize = (((b'M' as usize) << 24) | ((b'C' as usize) << 16)) + 2;
 
 /// Issues one client request; returns `default` when not under Valgrind.
 #[inline(always)]
@@ -100,10 +104,18 @@ pub(crate) fn stack_register(low: usize, high: usize) -> usize {
     client_request(0, STACK_REGISTER, low, high - 1)
 }
 
-/// Undoes [`stack_register`] for the stack with this id.
+/// Undoes [`stack_register`] for the stack `low..high` with this id, and
+/// hands the memory back to its owner as plain memory.
+///
+/// While a fiber ran, memcheck marked every byte its stack pointer moved
+/// back above as inaccessible (dead stack). The stack's owner may still use
+/// that memory once the fiber is gone — a pool reads its canaries there and
+/// zeroes it, a user's stack may be reused for anything — so it is marked
+/// accessible and defined again: it holds real bytes, whatever they are.
 #[inline]
-pub(crate) fn stack_deregister(id: usize) {
+pub(crate) fn stack_deregister(id: usize, low: usize, high: usize) {
     client_request(0, STACK_DEREGISTER, id, 0);
+    client_request(0, MAKE_MEM_DEFINED, low, high - low);
 }
 
 #[cfg(test)]
@@ -120,7 +132,7 @@ mod tests {
         if !running_on_valgrind() {
             assert_eq!(id, 0);
         }
-        stack_deregister(id);
+        stack_deregister(id, low, low + buf.len());
         assert!(buf.iter().all(|&b| b == 0));
     }
 }
