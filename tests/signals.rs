@@ -170,7 +170,7 @@ fn signal_count() -> usize {
     if stackswitch::valgrind::running_on_valgrind() {
         50
     } else {
-        1000
+        500
     }
 }
 
