@@ -1,7 +1,8 @@
 //! Scale: many parked fibers at once, each on its own guarded stack.
 //!
-//! The million-fiber run is `#[ignore]`d (about 4 GiB resident and tens of
-//! seconds); CI runs it explicitly:
+//! The million-fiber runs (own mmap per stack, and one pool) are
+//! `#[ignore]`d (about 4 GiB resident and tens of seconds each); CI runs
+//! them explicitly:
 //! `cargo test --release --test scale -- --ignored --nocapture`.
 
 #[allow(dead_code)] // `main` of the example is not used here
@@ -52,6 +53,21 @@ fn park_a_million_fibers() {
 }
 
 #[test]
+#[ignore = "parks 1,000,000 fibers on pool stacks (~4 GiB resident); CI runs it with --ignored"]
+fn park_a_million_fibers_from_a_pool() {
+    if stackswitch::guard_kind() != GuardKind::Markers {
+        panic!(
+            "this kernel has no guard markers (Linux 6.13+): a million guarded pool slots \
+             cannot fit under vm.max_map_count"
+        );
+    }
+    check(
+        &park_million::park_pooled(1_000_000, MIN_STACK_SIZE),
+        1_000_000,
+    );
+}
+
+#[test]
 fn park_many_fibers() {
     let count = if stackswitch::valgrind::running_on_valgrind() {
         2_000
@@ -59,6 +75,7 @@ fn park_many_fibers() {
         20_000
     };
     check(&park_million::park(count, MIN_STACK_SIZE), count);
+    check(&park_million::park_pooled(count, MIN_STACK_SIZE), count);
 }
 
 /// With the `mprotect` fallback, the run stops at `vm.max_map_count` and the
