@@ -13,6 +13,21 @@ use std::process::Command;
 
 use stackswitch::{Error, GuardKind, MIN_STACK_SIZE};
 
+/// A command that runs this test binary again. Under qemu-user (how CI
+/// runs the aarch64 tests, see `.cargo/config.toml`) the child must be
+/// started through qemu too: this process is then named `qemu-aarch64`.
+fn rerun_self() -> Command {
+    let exe = std::env::current_exe().expect("test binary path");
+    let comm = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
+    if comm.trim() == "qemu-aarch64" {
+        let mut cmd = Command::new("qemu-aarch64");
+        cmd.args(["-L", "/usr/aarch64-linux-gnu"]).arg(exe);
+        cmd
+    } else {
+        Command::new(exe)
+    }
+}
+
 /// The promise behind "a million parked fibers": a parked fiber costs the
 /// pages it touched, not its whole stack, and stacks do not pile up VMAs.
 fn check(report: &park_million::Report, count: usize) {
@@ -86,7 +101,7 @@ fn mprotect_fallback_reports_the_map_limit() {
     const NAME: &str = "mprotect_fallback_reports_the_map_limit";
     const ENV: &str = "STACKSWITCH_SCALE_CHILD";
     if std::env::var_os(ENV).is_none() {
-        let out = Command::new(std::env::current_exe().unwrap())
+        let out = rerun_self()
             .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
             .env(ENV, "1")
             .env("STACKSWITCH_GUARD", "mprotect")
