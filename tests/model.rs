@@ -52,6 +52,9 @@ enum Op {
     /// As `Resume`, but on another thread (through `into_send`).
     ResumeElsewhere(usize, Cmd),
     Drop(usize),
+    /// Drop the fiber while this thread unwinds from a panic: a suspended
+    /// fiber must still be unwound, inside the resumer's unwinding.
+    DropWhilePanicking(usize),
     /// `into_stack`, then a new fiber on the same stack.
     Recycle(usize),
 }
@@ -351,6 +354,17 @@ fn run(program: &[Op]) {
                     expected_drops += m.live;
                 }
             }
+            Op::DropWhilePanicking(i) => {
+                let fiber = take(*i);
+                let r = catch_unwind(AssertUnwindSafe(move || {
+                    let _dropped_while_unwinding = fiber;
+                    std::panic::panic_any(ModelPanic(u64::MAX));
+                }));
+                assert!(r.is_err_and(|p| p.is::<ModelPanic>()), "step {step}");
+                if let Some(m) = model[*i].take() {
+                    expected_drops += m.live;
+                }
+            }
         }
         assert_eq!(
             drops.load(Ordering::SeqCst),
@@ -392,6 +406,7 @@ fn op() -> impl Strategy<Value = Op> {
         8 => (slot.clone(), cmd()).prop_map(|(i, c)| Op::Resume(i, c)),
         1 => (slot.clone(), cmd()).prop_map(|(i, c)| Op::ResumeElsewhere(i, c)),
         2 => slot.clone().prop_map(Op::Drop),
+        1 => slot.clone().prop_map(Op::DropWhilePanicking),
         1 => slot.prop_map(Op::Recycle),
     ]
 }
@@ -451,6 +466,9 @@ fn fixed_program_covers_every_operation() {
         Create(2),
         Resume(2, Yield(3)),
         Drop(2),
+        Create(2),
+        Resume(2, Yield(3)),
+        DropWhilePanicking(2),
         Create(3),
         Drop(3),
         Resume(1, Yield(1)),
