@@ -10,6 +10,7 @@
 mod park_million;
 
 use std::process::Command;
+use std::sync::Mutex;
 
 use stackswitch::{Error, GuardKind, MIN_STACK_SIZE};
 
@@ -27,6 +28,10 @@ fn rerun_self() -> Command {
         Command::new(exe)
     }
 }
+
+/// Held by every test here: they count the process's mappings, which a
+/// test thread starting or ending next to them would change.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// The promise behind "a million parked fibers": a parked fiber costs the
 /// pages it touched, not its whole stack, and stacks do not pile up VMAs.
@@ -56,6 +61,7 @@ fn check(report: &park_million::Report, count: usize) {
 #[test]
 #[ignore = "parks 1,000,000 fibers (~4 GiB resident); CI runs it with --ignored"]
 fn park_a_million_fibers() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     if stackswitch::guard_kind() != GuardKind::Markers {
         // With mprotect guards vm.max_map_count caps a process near 32k
         // stacks; say so instead of passing quietly.
@@ -70,6 +76,7 @@ fn park_a_million_fibers() {
 #[test]
 #[ignore = "parks 1,000,000 fibers on pool stacks (~4 GiB resident); CI runs it with --ignored"]
 fn park_a_million_fibers_from_a_pool() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     if stackswitch::guard_kind() != GuardKind::Markers {
         panic!(
             "this kernel has no guard markers (Linux 6.13+): a million guarded pool slots \
@@ -84,6 +91,7 @@ fn park_a_million_fibers_from_a_pool() {
 
 #[test]
 fn park_many_fibers() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let count = if stackswitch::valgrind::running_on_valgrind() {
         2_000
     } else {
@@ -98,6 +106,7 @@ fn park_many_fibers() {
 /// takes effect before any stack is made.
 #[test]
 fn mprotect_fallback_reports_the_map_limit() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     const NAME: &str = "mprotect_fallback_reports_the_map_limit";
     const ENV: &str = "STACKSWITCH_SCALE_CHILD";
     if std::env::var_os(ENV).is_none() {
