@@ -31,7 +31,7 @@
 //! # Running the tests under Valgrind
 //! ```text
 //! CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="valgrind --error-exitcode=1 --quiet \
-//!     --leak-check=full --errors-for-leak-kinds=definite" \
+//!     --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite" \
 //!     cargo test --tests -- --test-threads=1
 //! ```
 //! Tests that spawn child processes run the children natively (Valgrind
