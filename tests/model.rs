@@ -412,6 +412,13 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn cases() -> u32 {
+    // PROPTEST_CASES=n asks for more (or fewer), e.g. in a nightly job.
+    if let Some(n) = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return n;
+    }
     // Valgrind runs everything ~50x slower: fewer, still random, programs.
     if stackswitch::valgrind::running_on_valgrind() {
         64
