@@ -59,12 +59,12 @@ const MAKE_MEM_DEFINED: usize = (((b'M' as usize) << 24) | ((b'C' as usize) << 1
 fn client_request(default: usize, request: usize, arg1: usize, arg2: usize) -> usize {
     let words: [usize; 6] = [request, arg1, arg2, 0, 0, 0];
     let result: usize;
+    // On a CPU the x86_64 sequence only rotates rdi by 128 bits in total
+    // (leaving it as it was; declared clobbered anyway) and swaps rbx with
+    // itself; the rotations change flags, so no `preserves_flags`.
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: on a CPU the sequence only rotates rdi by 128 bits in total
-    // (leaving it as it was, declared clobbered anyway) and swaps rbx with
-    // itself; the flags the rotations change are not preserved (no
-    // `preserves_flags`). Under Valgrind it reads the six words at rax,
-    // which live until the block ends, and writes the result to rdx.
+    // SAFETY: harmless on a CPU (above); under Valgrind it reads the six
+    // words at rax, alive until the block ends, and writes rdx.
     unsafe {
         asm!(
             "rol rdi, 3",
@@ -78,11 +78,11 @@ fn client_request(default: usize, request: usize, arg1: usize, arg2: usize) -> u
             options(nostack),
         );
     }
-    #[cfg(target_arch = "aarch64")]
-    // SAFETY: on a CPU the sequence only rotates x12 by 128 bits in total
+    // On a CPU the aarch64 sequence only rotates x12 by 128 bits in total
     // (declared clobbered anyway) and ORs x10 with itself; no flags change.
-    // Under Valgrind it reads the six words at x4, which live until the
-    // block ends, and writes the result to x3.
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: harmless on a CPU (above); under Valgrind it reads the six
+    // words at x4, alive until the block ends, and writes x3.
     unsafe {
         asm!(
             "ror x12, x12, #3",
