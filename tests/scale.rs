@@ -29,8 +29,8 @@ fn rerun_self() -> Command {
     }
 }
 
-/// Held by every test here: they count the process's mappings, which a
-/// test thread starting or ending next to them would change.
+/// Held by every test here: they measure the process's mappings and resident
+/// memory, which two of them running at once would blur.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// The promise behind "a million parked fibers": a parked fiber costs the
@@ -50,8 +50,12 @@ fn check(report: &park_million::Report, count: usize) {
             "{report}"
         );
     }
-    // Every stack was unmapped again.
-    assert!(report.vmas_after <= report.vmas_before + 2, "{report}");
+    // Every stack was unmapped again. A leaked stack between freed ones
+    // would be a mapping of its own, so leaks show up as many extra VMAs.
+    // A few are allowed: another test's thread starting meanwhile adds its
+    // stack and a malloc arena (two mappings each), which no lock here can
+    // order before the first count.
+    assert!(report.vmas_after <= report.vmas_before + 16, "{report}");
     if report.guard == GuardKind::Markers {
         // Guard markers do not split mappings: far fewer VMAs than fibers.
         assert!(report.vmas_parked < report.vmas_before + 1000, "{report}");
@@ -135,5 +139,5 @@ fn mprotect_fallback_reports_the_map_limit() {
     assert!(report.to_string().contains("vm.max_map_count"));
     // Two VMAs per stack: about half the limit made it.
     assert!(report.parked > 1000 && report.parked < 1_000_000);
-    assert!(report.vmas_after <= report.vmas_before + 2, "{report}");
+    assert!(report.vmas_after <= report.vmas_before + 16, "{report}");
 }
