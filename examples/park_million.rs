@@ -4,9 +4,13 @@
 //! took.
 //!
 //! ```text
-//! cargo run --release --example park_million [-- COUNT [STACK_BYTES]]
+//! cargo run --release --example park_million [-- COUNT [STACK_BYTES [mmap|pool]]]
 //! STACKSWITCH_GUARD=mprotect cargo run --release --example park_million
 //! ```
+//!
+//! `mmap` (the default) gives each fiber its own [`MmapStack`]; `pool` takes
+//! every stack from one [`StackPool`] of `COUNT` slots (one reservation, a
+//! guard installed per slot on first use).
 //!
 //! With guard markers (Linux 6.13+) a guard costs no mapping, and the
 //! kernel merges neighbouring stacks into few VMAs. With the `mprotect`
@@ -16,11 +20,16 @@
 
 use std::time::{Duration, Instant};
 
-use stackswitch::{Error, Fiber, FiberResult, GuardKind, Suspender, MIN_STACK_SIZE};
+use stackswitch::{
+    Error, Fiber, FiberResult, GuardKind, MmapStack, PoolConfig, Stack, StackPool, Suspender,
+    MIN_STACK_SIZE,
+};
 
 /// What one run measured.
 #[derive(Debug)]
 pub struct Report {
+    /// Where the stacks came from: `"mmap"` or `"pool"`.
+    pub source: &'static str,
     /// Fibers asked for.
     pub requested: usize,
     /// Fibers made and parked.
@@ -69,20 +78,57 @@ fn vmas() -> usize {
     maps.iter().filter(|&&b| b == b'\n').count()
 }
 
-/// Parks `count` fibers on stacks of `stack_size` bytes, resumes them all to
-/// completion, and checks every value that crossed a switch.
+/// Parks `count` fibers, each on its own [`MmapStack`] of `stack_size`
+/// bytes, resumes them all to completion, and checks every value that
+/// crossed a switch.
 pub fn park(count: usize, stack_size: usize) -> Report {
+    park_on("mmap", count, stack_size, || MmapStack::new(stack_size))
+}
+
+/// As [`park`], with every stack taken from one [`StackPool`] of `count`
+/// slots (its reservation is counted in the memory figures).
+pub fn park_pooled(count: usize, stack_size: usize) -> Report {
+    let vmas_before = vmas();
+    let rss_before = resident();
+    let config = PoolConfig::default().stack_size(stack_size).capacity(count);
+    let pool = match StackPool::new(config) {
+        Ok(pool) => pool,
+        Err(e) => {
+            let mut report = park_on("pool", 0, stack_size, || MmapStack::new(stack_size));
+            report.requested = count;
+            report.stopped_by = Some(e);
+            return report;
+        }
+    };
+    let mut report = park_on("pool", count, stack_size, || pool.acquire());
+    drop(pool);
+    report.vmas_before = vmas_before;
+    report.vmas_after = vmas();
+    report.resident_per_fiber =
+        report.resident_parked.saturating_sub(rss_before) as f64 / report.parked.max(1) as f64;
+    report
+}
+
+/// Parks `count` fibers on stacks from `make`, then finishes them.
+fn park_on<S: Stack>(
+    source: &'static str,
+    count: usize,
+    stack_size: usize,
+    mut make: impl FnMut() -> Result<S, Error>,
+) -> Report {
     let vmas_before = vmas();
     // Room for the handles up front, so their growth is not counted.
-    let mut fibers: Vec<Fiber<u64, u64, u64>> = Vec::with_capacity(count);
+    let mut fibers: Vec<Fiber<u64, u64, u64, S>> = Vec::with_capacity(count);
     let rss_before = resident();
 
     let start = Instant::now();
     let mut stopped_by = None;
     for i in 0..count as u64 {
-        let fiber = Fiber::new(stack_size, |x: u64, s: &Suspender<u64, u64>| {
-            let y = s.suspend(x.wrapping_mul(2));
-            x ^ y
+        let fiber = make().and_then(|stack| {
+            Fiber::with_stack(stack, |x: u64, s: &Suspender<u64, u64>| {
+                let y = s.suspend(x.wrapping_mul(2));
+                x ^ y
+            })
         });
         match fiber {
             Ok(mut f) => {
@@ -110,6 +156,7 @@ pub fn park(count: usize, stack_size: usize) -> Report {
     let finish_time = start.elapsed();
 
     Report {
+        source,
         requested: count,
         parked,
         stopped_by,
@@ -130,10 +177,11 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "parked {} of {} fibers ({} KiB stacks, guard via {:?})",
+            "parked {} of {} fibers ({} KiB stacks from {}, guard via {:?})",
             self.parked,
             self.requested,
             self.stack_size >> 10,
+            self.source,
             self.guard
         )?;
         if let Some(e) = &self.stopped_by {
@@ -170,7 +218,11 @@ fn main() {
         .next()
         .map(|a| a.parse().expect("STACK_BYTES must be a number"))
         .unwrap_or(MIN_STACK_SIZE);
-    let report = park(count, stack_size);
+    let report = match args.next().as_deref() {
+        None | Some("mmap") => park(count, stack_size),
+        Some("pool") => park_pooled(count, stack_size),
+        Some(other) => panic!("stack source must be mmap or pool, not {other}"),
+    };
     println!("{report}");
     if report.stopped_by.is_some() {
         std::process::exit(2);

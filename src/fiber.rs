@@ -370,7 +370,8 @@ impl<I, Y, R, S: Stack> Fiber<I, Y, R, S> {
         if !this.end() {
             return None;
         }
-        crate::valgrind::stack_deregister(this.valgrind_stack);
+        let b = this.stack.bounds();
+        crate::valgrind::stack_deregister(this.valgrind_stack, b.low, b.high);
         // SAFETY: `end` left nothing on the stack; `this` is never dropped,
         // so the stack is moved out exactly once.
         Some(unsafe { ManuallyDrop::take(&mut this.stack) })
@@ -487,7 +488,8 @@ impl<I, Y, R, S: Stack> Drop for Fiber<I, Y, R, S> {
     /// destructors of everything on its stack), then frees the stack.
     fn drop(&mut self) {
         if self.end() {
-            crate::valgrind::stack_deregister(self.valgrind_stack);
+            let b = self.stack.bounds();
+            crate::valgrind::stack_deregister(self.valgrind_stack, b.low, b.high);
             // SAFETY: the fiber holds nothing on the stack any more, and the
             // stack is dropped exactly once, here.
             unsafe { ManuallyDrop::drop(&mut self.stack) };

@@ -9,9 +9,10 @@
 use std::hint::black_box;
 use std::os::unix::process::ExitStatusExt;
 use std::panic;
-use std::process::Command;
 
 use stackswitch::guard::{self, GuardMode, StackGuard, MIN_BUDGET};
+
+mod common;
 use stackswitch::{
     locate, remaining_stack, Error, Fiber, MmapStack, PoolConfig, StackLocation, StackPool,
     Suspender,
@@ -59,36 +60,12 @@ fn is_child(name: &str) -> bool {
 /// Re-runs this test binary for the one test `name` with `GUARD_CHILD`
 /// set, plus `env`.
 fn run_child(name: &str, env: &[(&str, &str)]) -> Child {
-    let exe = std::env::current_exe().unwrap();
-    let args = ["--exact", name, "--nocapture", "--test-threads=1"];
-    let run = |program: &std::path::Path, pre: &[&str]| {
-        Command::new(program)
-            .args(pre)
-            .arg(&exe)
-            .args(args)
-            .env("GUARD_CHILD", name)
-            .envs(env.iter().copied())
-            .output()
-    };
-    let mut out = Command::new(&exe)
-        .args(args)
+    let out = common::self_command()
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
         .env("GUARD_CHILD", name)
         .envs(env.iter().copied())
-        .output();
-    // An aarch64 test binary under qemu-user (without binfmt_misc) cannot
-    // exec another aarch64 binary: the spawn fails (ENOEXEC, or exit 127
-    // from the forked child). The host's qemu-aarch64 can run it.
-    let exec_failed = match &out {
-        Err(e) => e.raw_os_error() == Some(libc::ENOEXEC),
-        Ok(o) => o.status.code() == Some(127) && o.stderr.is_empty(),
-    };
-    if cfg!(target_arch = "aarch64") && exec_failed {
-        out = run(
-            std::path::Path::new("qemu-aarch64"),
-            &["-L", "/usr/aarch64-linux-gnu"],
-        );
-    }
-    let out = out.unwrap_or_else(|e| panic!("cannot run {exe:?}: {e}"));
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the test binary again: {e}"));
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     eprintln!("--- child {name} stderr ---\n{stderr}--- end ---");
     Child {

@@ -15,7 +15,6 @@ use std::future::Future;
 use std::hint::black_box;
 use std::os::unix::process::ExitStatusExt;
 use std::pin::Pin;
-use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
@@ -23,6 +22,8 @@ use stackswitch::guard::{self, GuardMode, StackGuard};
 use stackswitch::wasmtime::{HostGuard, WASMTIME_FRAMES};
 use stackswitch::{remaining_stack, Error, PoolConfig, StackPool};
 use wasmtime::{Caller, Config, Engine, Instance, Linker, Module, Store};
+
+mod common;
 
 /// Wasmtime's fiber stack size and the guest's limit in these tests.
 const ASYNC_STACK: usize = 256 << 10;
@@ -180,27 +181,12 @@ fn child_arg(name: &str) -> Option<String> {
 
 /// Re-runs this binary for the test `name`, passing `arg`.
 fn run_child(name: &str, arg: &str) -> Child {
-    let exe = std::env::current_exe().unwrap();
-    let args = ["--exact", name, "--nocapture", "--test-threads=1"];
     let tag = format!("{name}:{arg}");
-    let mut out = Command::new(&exe)
-        .args(args)
+    let out = common::self_command()
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
         .env("GUARD_CHILD", &tag)
-        .output();
-    // Under qemu-user an aarch64 binary cannot exec another one directly.
-    let exec_failed = match &out {
-        Err(e) => e.raw_os_error() == Some(libc::ENOEXEC),
-        Ok(o) => o.status.code() == Some(127) && o.stderr.is_empty(),
-    };
-    if cfg!(target_arch = "aarch64") && exec_failed {
-        out = Command::new("qemu-aarch64")
-            .args(["-L", "/usr/aarch64-linux-gnu"])
-            .arg(&exe)
-            .args(args)
-            .env("GUARD_CHILD", &tag)
-            .output();
-    }
-    let out = out.unwrap();
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the test binary again: {e}"));
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     eprintln!("--- child {tag} stderr ---\n{stderr}--- end ---");
     Child {

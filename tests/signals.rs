@@ -168,21 +168,21 @@ fn bombard(target: libc::pthread_t, sig: libc::c_int, probe: &Probe, count: usiz
 
 fn signal_count() -> usize {
     if stackswitch::valgrind::running_on_valgrind() {
-        200
+        50
     } else {
-        1000
+        500
     }
 }
 
 /// Runs `switch_until` on a new thread (set up by `setup`) while this thread
 /// sends it `signal_count()` signals; returns the handled count.
-fn stress(sig: libc::c_int, probe: &'static Probe, setup: fn()) -> usize {
+fn stress(sig: libc::c_int, probe: &'static Probe, setup: fn() -> Option<AltStack>) -> usize {
     let done = Arc::new(AtomicBool::new(false));
     let (tx, rx) = std::sync::mpsc::channel();
     let worker = {
         let done = done.clone();
         std::thread::spawn(move || {
-            setup();
+            let _alt = setup();
             // SAFETY: pthread_self has no preconditions.
             tx.send(unsafe { libc::pthread_self() } as usize).unwrap();
             switch_until(&done)
@@ -227,26 +227,47 @@ fn handler_runs_on_the_fiber_stack_without_corrupting_it() {
     ON_FIBER.watch(0, 0);
 
     // Asynchronously, while fibers switch: every value checks out.
-    let handled = stress(sig, &ON_FIBER, || {});
+    let handled = stress(sig, &ON_FIBER, || None);
     assert_eq!(handled, signal_count());
 }
 
 /// Size of the alternate signal stack.
 const ALT_SIZE: usize = 64 << 10;
 
-/// Gives the calling thread an alternate signal stack (leaked: it must live
-/// as long as the thread) and watches it with `ON_ALTSTACK`.
-fn use_altstack() {
-    let mem: &'static mut [u8] = Box::leak(vec![0u8; ALT_SIZE].into_boxed_slice());
+/// An alternate signal stack installed for the calling thread; dropping it
+/// (on that thread) uninstalls and frees it.
+struct AltStack {
+    _mem: Box<[u8]>,
+}
+
+impl Drop for AltStack {
+    fn drop(&mut self) {
+        let off = libc::stack_t {
+            ss_sp: std::ptr::null_mut(),
+            ss_flags: libc::SS_DISABLE,
+            ss_size: 0,
+        };
+        // SAFETY: disabling needs no memory; no handler runs on it now (we
+        // are not in one), so the memory may be freed afterwards.
+        assert_eq!(unsafe { libc::sigaltstack(&off, std::ptr::null_mut()) }, 0);
+    }
+}
+
+/// Gives the calling thread an alternate signal stack and watches it with
+/// `ON_ALTSTACK`; keep the result alive while signals may come.
+fn use_altstack() -> Option<AltStack> {
+    let mut mem = vec![0u8; ALT_SIZE].into_boxed_slice();
     let ss = libc::stack_t {
         ss_sp: mem.as_mut_ptr().cast(),
         ss_flags: 0,
         ss_size: ALT_SIZE,
     };
-    // SAFETY: the memory is valid, writable and never freed.
+    // SAFETY: the memory is valid and writable, and the AltStack returned
+    // keeps it alive until it uninstalls it.
     assert_eq!(unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) }, 0);
     let low = mem.as_ptr() as usize;
     ON_ALTSTACK.watch(low, low + ALT_SIZE);
+    Some(AltStack { _mem: mem })
 }
 
 #[test]
@@ -256,7 +277,7 @@ fn handler_on_an_alternate_stack_leaves_fibers_intact() {
 
     // Synchronously from a fiber, on a thread with an alternate stack.
     std::thread::spawn(move || {
-        use_altstack();
+        let _alt = use_altstack();
         let mut fiber = Fiber::new(64 << 10, |x: u64, s: &Suspender<u64, usize>| {
             raise_here(libc::SIGUSR2, &ON_ALTSTACK);
             let y = s.suspend(ON_ALTSTACK.last_sp.load(Ordering::SeqCst));

@@ -29,7 +29,8 @@ const KIND_UNKNOWN: u8 = 0;
 const KIND_MARKERS: u8 = 1;
 const KIND_MPROTECT: u8 = 2;
 
-/// What the process uses; settled by the first guard installed (or by
+/// What the process uses; settled by a probe the first time a guard is
+/// needed (or by
 /// `STACKSWITCH_GUARD=mprotect` in the environment, which forces the
 /// fallback, e.g. to test it on a kernel that has markers).
 static KIND: AtomicU8 = AtomicU8::new(KIND_UNKNOWN);
@@ -51,10 +52,34 @@ fn decode(kind: u8) -> Option<GuardKind> {
 /// println!("guard pages via {kind:?}");
 /// ```
 pub fn guard_kind() -> GuardKind {
-    if let Some(kind) = decode(KIND.load(Ordering::Relaxed)) {
+    decode(settled_kind()).unwrap_or(GuardKind::Mprotect)
+}
+
+/// The mechanism, settled once per process: the environment's choice, or a
+/// probe of whether guard markers really work here.
+fn settled_kind() -> u8 {
+    let kind = KIND.load(Ordering::Relaxed);
+    if kind != KIND_UNKNOWN {
         return kind;
     }
-    // Probe with a throw-away page; a stack made later then skips the probe.
+    let kind = if std::env::var_os("STACKSWITCH_GUARD").is_some_and(|v| v == "mprotect") {
+        KIND_MPROTECT
+    } else if markers_work() {
+        KIND_MARKERS
+    } else {
+        KIND_MPROTECT
+    };
+    KIND.store(kind, Ordering::Relaxed);
+    kind
+}
+
+/// Whether `MADV_GUARD_INSTALL` makes a page fault here. Accepting the
+/// advice is not enough: an emulator (qemu-user) or a filter may return
+/// success without installing anything. So the probe installs a marker on a
+/// scratch page and has the kernel read that page (a `write` of it into a
+/// pipe): a working guard makes the kernel's read fail with EFAULT, where
+/// user code would get SIGSEGV.
+fn markers_work() -> bool {
     let page = page_size();
     // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
     let addr = unsafe {
@@ -68,14 +93,31 @@ pub fn guard_kind() -> GuardKind {
         )
     };
     if addr == libc::MAP_FAILED {
-        // Cannot probe; mprotect always works, so report that (uncached).
-        return GuardKind::Mprotect;
+        return false;
     }
-    // SAFETY: addr..addr+page is the mapping made above.
-    let kind = unsafe { install_guard(addr.cast(), page) }.unwrap_or(GuardKind::Mprotect);
-    // SAFETY: the mapping made above, unmapped once.
-    unsafe { libc::munmap(addr, page) };
-    kind
+    let mut fds = [-1; 2];
+    // SAFETY: addr..addr+page is the mapping made above; `fds` is a valid
+    // array of two descriptors for pipe to fill; every descriptor and the
+    // mapping are released before returning.
+    let works = unsafe {
+        libc::madvise(addr, page, MADV_GUARD_INSTALL) == 0
+            && libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) == 0
+            && {
+                let n = libc::write(fds[1], addr, 1);
+                let err = io::Error::last_os_error().raw_os_error();
+                n < 0 && err == Some(libc::EFAULT)
+            }
+    };
+    // SAFETY: the descriptors (if made) and the mapping made above.
+    unsafe {
+        for fd in fds {
+            if fd >= 0 {
+                libc::close(fd);
+            }
+        }
+        libc::munmap(addr, page);
+    }
+    works
 }
 
 /// Makes `addr..addr + len` a guard region, with markers if the kernel has
@@ -85,30 +127,17 @@ pub fn guard_kind() -> GuardKind {
 /// `addr..addr + len` must be page aligned and part of a private anonymous
 /// mapping owned by the caller, holding nothing anyone will read.
 pub(crate) unsafe fn install_guard(addr: *mut u8, len: usize) -> Result<GuardKind, Error> {
-    let mut kind = KIND.load(Ordering::Relaxed);
-    if kind == KIND_UNKNOWN
-        && std::env::var_os("STACKSWITCH_GUARD").is_some_and(|v| v == "mprotect")
-    {
-        kind = KIND_MPROTECT;
-        KIND.store(kind, Ordering::Relaxed);
-    }
-    if kind != KIND_MPROTECT {
+    if settled_kind() == KIND_MARKERS {
         // SAFETY: the caller owns the range; a marker only makes it fault.
-        let rc = unsafe { libc::madvise(addr.cast(), len, MADV_GUARD_INSTALL) };
-        if rc == 0 {
-            KIND.store(KIND_MARKERS, Ordering::Relaxed);
+        if unsafe { libc::madvise(addr.cast(), len, MADV_GUARD_INSTALL) } == 0 {
             return Ok(GuardKind::Markers);
         }
-        let err = io::Error::last_os_error();
-        // EINVAL: the kernel does not know the advice. Anything else is a
-        // real failure (ENOMEM under memory pressure...), reported as is.
-        if kind == KIND_MARKERS || err.raw_os_error() != Some(libc::EINVAL) {
-            return Err(Error::GuardPage {
-                call: "madvise(MADV_GUARD_INSTALL)",
-                source: err,
-            });
-        }
-        KIND.store(KIND_MPROTECT, Ordering::Relaxed);
+        // The probe showed markers work: this is a real failure (ENOMEM
+        // under memory pressure...), reported as is.
+        return Err(Error::GuardPage {
+            call: "madvise(MADV_GUARD_INSTALL)",
+            source: io::Error::last_os_error(),
+        });
     }
     // SAFETY: the caller owns the range.
     if unsafe { libc::mprotect(addr.cast(), len, libc::PROT_NONE) } != 0 {
@@ -124,6 +153,10 @@ pub(crate) unsafe fn install_guard(addr: *mut u8, len: usize) -> Result<GuardKin
     }
     Ok(GuardKind::Mprotect)
 }
+
+/// How close to `vm.max_map_count` an `mmap` failing with `ENOMEM` must be
+/// for the limit to be named as the cause.
+const NEAR_LIMIT: usize = 1024;
 
 /// Turns an `ENOMEM` from `call` into [`Error::MapCountLimit`] when the
 /// process is at `vm.max_map_count`; otherwise hands `source` back. Reads
@@ -145,16 +178,23 @@ pub(crate) fn map_count_error(call: &'static str, source: io::Error) -> Result<E
     })
     .ok()
     .map(|()| newlines);
+    // mprotect of part of our own mapping has no other ENOMEM than the map
+    // count (bar the kernel failing a tiny allocation), so trust it even
+    // when /proc/self/maps shows fewer (qemu-user shows the guest's only).
+    let mprotect = call.starts_with("mprotect");
     match (maps, limit) {
-        // A call can need up to two more mappings (mprotect in the middle
-        // of a mapping splits it in three); within that of the limit, the
-        // limit is the cause.
-        (Some(maps), Some(limit)) if maps + 2 >= limit => Ok(Error::MapCountLimit {
-            call,
-            maps,
-            limit,
-            source,
-        }),
+        // An mmap near the limit: blame the limit. "Near" is generous
+        // because the count read may miss some: qemu-user hides its own
+        // mappings from the guest (about 130 here). The error names both
+        // numbers, so a reader can tell.
+        (Some(maps), Some(limit)) if mprotect || maps + NEAR_LIMIT >= limit => {
+            Ok(Error::MapCountLimit {
+                call,
+                maps,
+                limit,
+                source,
+            })
+        }
         _ => Err(source),
     }
 }
