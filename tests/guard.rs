@@ -171,7 +171,7 @@ fn pool_overflow_outside_a_guard_is_still_reported() {
     const NAME: &str = "pool_overflow_outside_a_guard_is_still_reported";
     if is_child(NAME) {
         guard::install_fault_handler().unwrap();
-        on_pool_fiber(|| use_stack::<{ 512 << 10 }>());
+        on_pool_fiber(use_stack::<{ 512 << 10 }>);
         unreachable!("the fiber must overflow");
     }
     let child = run_child(NAME, &[]);
