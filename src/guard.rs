@@ -467,3 +467,41 @@ unsafe fn deepest_touched(low: usize, top: usize) -> usize {
     }
     top
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mode_names() {
+        assert_eq!(GuardMode::parse("off"), Some(GuardMode::Off));
+        assert_eq!(GuardMode::parse("Enforce\n"), Some(GuardMode::Enforce));
+        assert_eq!(GuardMode::parse("MEASURE"), Some(GuardMode::Measure));
+        assert_eq!(GuardMode::parse(""), None);
+        assert_eq!(GuardMode::parse("enforced"), None);
+        for mode in [GuardMode::Off, GuardMode::Enforce, GuardMode::Measure] {
+            assert_eq!(GuardMode::from_u8(mode.to_u8()), Some(mode));
+        }
+        assert_eq!(GuardMode::from_u8(0), None);
+    }
+
+    #[test]
+    fn deepest_touched_finds_the_lowest_changed_byte() {
+        #[repr(align(8))]
+        struct Buf([u8; 64]);
+        let mut buf = Buf([PAINT; 64]);
+        let low = buf.0.as_ptr() as usize;
+        // SAFETY: the buffer is readable and 8-byte aligned.
+        let untouched = unsafe { deepest_touched(low, low + 64) };
+        assert_eq!(untouched, low + 64);
+        buf.0[45] = 0;
+        buf.0[30] = 1;
+        // SAFETY: as above.
+        let found = unsafe { deepest_touched(buf.0.as_ptr() as usize, low + 64) };
+        assert_eq!(found, low + 30);
+        // Only the part asked about is scanned.
+        // SAFETY: as above.
+        let part = unsafe { deepest_touched(low, low + 29) };
+        assert_eq!(part, low + 29);
+    }
+}
