@@ -194,7 +194,7 @@ fn pool_overflow_outside_a_guard_is_still_reported() {
     const NAME: &str = "pool_overflow_outside_a_guard_is_still_reported";
     if is_child(NAME) {
         guard::install_fault_handler().unwrap();
-        on_pool_fiber(|| use_stack::<{ 512 << 10 }>());
+        on_pool_fiber(use_stack::<{ 512 << 10 }>);
         unreachable!("the fiber must overflow");
     }
     let child = run_child(NAME, &[]);
@@ -233,6 +233,33 @@ fn over_budget_faults_on_thread_stack() {
     assert!(child
         .stderr
         .contains("in the guard region of this thread's stack"));
+}
+
+#[test]
+fn nested_overflow_names_the_innermost_guard() {
+    const NAME: &str = "nested_overflow_names_the_innermost_guard";
+    if is_child(NAME) {
+        on_thread(1 << 20, || {
+            let outer = StackGuard::new("outer_fn", BUDGET).mode(GuardMode::Enforce);
+            let inner = StackGuard::new("inner_fn", 16 << 10).mode(GuardMode::Enforce);
+            outer
+                .run(|| inner.run(use_stack::<{ 20 << 10 }>))
+                .unwrap()
+                .unwrap();
+        });
+        unreachable!("the inner call must fault");
+    }
+    let child = run_child(NAME, &[]);
+    assert_eq!(
+        child.signal,
+        Some(libc::SIGABRT),
+        "status: {:?}",
+        child.code
+    );
+    assert!(child
+        .stderr
+        .contains("`inner_fn` overflowed its stack budget of 16384 bytes"));
+    assert!(!child.stderr.contains("outer_fn"));
 }
 
 #[test]
