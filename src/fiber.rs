@@ -152,10 +152,9 @@ impl<I, Y> Suspender<I, Y> {
     pub fn suspend(&self, value: Y) -> I {
         // 2-aligned, so bit 0 of its address is clear: "suspended".
         let value = arch::Aligned2(ManuallyDrop::new(value));
-        // SAFETY: a Suspender is only lent to the closure running on the
-        // stack of the fiber whose slot this is, so this runs on that stack
-        // while it runs. The resumer moves `value` out before this frame
-        // continues, hence ManuallyDrop.
+        // The resumer moves `value` out before this frame continues, hence
+        // ManuallyDrop. SAFETY: a Suspender is only lent to the closure on
+        // the stack of the fiber whose slot this is, while it runs.
         let input = unsafe { arch::suspend(&value as *const _ as usize, self.slot) };
         if input == 0 {
             forced_unwind();

@@ -441,6 +441,8 @@ fn guarded_call<F: FnOnce() -> R, R>(
     let new_sp = (bounds.low + budget) & !15;
     let painted_top = new_sp.min(sp - PAINT_RESERVE).max(bounds.low);
     if measure {
+        // Below our stack pointer, so gone as far as memcheck knows.
+        crate::valgrind::mark_defined(bounds.low, painted_top - bounds.low);
         // SAFETY: `low..painted_top` is mapped stack memory below our stack
         // pointer by at least PAINT_RESERVE, so no live frame is in it and
         // memset's own frame stays above it.
@@ -475,6 +477,8 @@ fn guarded_call<F: FnOnce() -> R, R>(
     ACTIVE.with(ActiveGuards::pop);
 
     if measure {
+        // Below our stack pointer again, so gone as far as memcheck knows.
+        crate::valgrind::mark_defined(bounds.low, painted_top - bounds.low);
         // SAFETY: we painted `low..painted_top` and the call is over; the
         // memory is still mapped stack below our stack pointer.
         let deepest = unsafe { deepest_touched(bounds.low, painted_top) };

@@ -165,6 +165,17 @@ pub(crate) fn stack_deregister(id: usize, low: usize, high: usize) {
     client_request(0, MAKE_MEM_DEFINED, low, high - low);
 }
 
+/// Tells memcheck that `addr..addr + len`, stack memory below the stack
+/// pointer, may be written and read: the host-function guard paints the
+/// budget below its caller's stack pointer and scans it after the call
+/// (memcheck otherwise treats memory below the stack pointer as gone).
+#[inline]
+pub(crate) fn mark_defined(addr: usize, len: usize) {
+    if running_on_valgrind() {
+        client_request(0, MAKE_MEM_DEFINED, addr, len);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -98,10 +98,9 @@ unsafe fn call_with_regs(f: extern "C" fn(*mut u8), arg: *mut u8, vals: &Regs) -
 #[cfg(target_arch = "aarch64")]
 unsafe fn call_with_regs(f: extern "C" fn(*mut u8), arg: *mut u8, vals: &Regs) -> Regs {
     let mut out: Regs = [0; NREGS];
-    // SAFETY: x19 and x29 (which asm! cannot name) are saved and restored by
-    // the block itself; x20-x28 are declared clobbered, and clobber_abi("C")
-    // covers x0-x17, x30 and all of v0-v31 (so d8-d15 too); sp stays 16-byte
-    // aligned.
+    // clobber_abi("C") covers x0-x17, x30 and v0-v31 (so d8-d15). SAFETY:
+    // x19/x29 (unnameable) are saved and restored by the block, x20-x28 are
+    // declared clobbered, and sp stays 16-byte aligned.
     unsafe {
         asm!(
             "stp x19, x29, [sp, #-16]!",

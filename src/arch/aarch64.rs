@@ -103,10 +103,9 @@ compile_error!("stackswitch's switch does not yet declare the SVE registers as c
 pub(crate) unsafe fn resume(value: usize, slot: *mut usize, sp: usize) -> (usize, usize) {
     let out: usize;
     let new_sp: usize;
-    // SAFETY: `bl` enters the .S resume, which saves x19/x29/x30 itself;
-    // every other register it or the fiber may change is declared
-    // (switch_asm), so the compiler keeps nothing live in them, d8-d15
-    // included.
+    // The .S saves x19/x29/x30; every other register either side may change
+    // is declared (switch_asm), d8-d15 included. SAFETY: the caller's
+    // contract; sp is always 16-byte aligned.
     unsafe {
         switch_asm!(
             "bl {resume}",

@@ -126,10 +126,9 @@ compile_error!("stackswitch's switch does not yet declare the AVX-512 registers 
 pub(crate) unsafe fn resume(value: usize, slot: *mut usize, sp: usize) -> (usize, usize) {
     let out: usize;
     let new_sp: usize;
-    // SAFETY: `call` enters the .S resume, which saves rbx/rbp itself; every
-    // other register it or the fiber may change is declared (switch_asm), so
-    // the compiler keeps nothing live in them. The stack is aligned for a
-    // call (no `nostack`), and nothing lives in the red zone across the block.
+    // The .S saves rbx/rbp; every other register either side may change is
+    // declared (switch_asm). SAFETY: the caller's contract; the stack is
+    // call-aligned (no `nostack`), and nothing lives in the red zone.
     unsafe {
         switch_asm!(
             "call {resume}",
