@@ -179,6 +179,7 @@ pub fn thread_stack() -> Option<StackBounds> {
 
 /// The calling thread's stack if it has been read before on this thread.
 /// Async-signal-safe (a constant-initialised thread-local, no allocation).
+#[inline]
 pub(crate) fn thread_stack_cached() -> Option<StackBounds> {
     THREAD_STACK
         .try_with(|c| c.get())
