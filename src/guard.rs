@@ -65,6 +65,7 @@ mod signal;
 pub mod wasmtime;
 
 use std::cell::Cell;
+use std::mem::{ManuallyDrop, MaybeUninit};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -361,27 +362,34 @@ impl ActiveGuards {
     }
 }
 
-/// What the budget stack's entry frame shares with the caller.
+/// What the budget stack's entry frame shares with the caller: the closure
+/// going in, its value or its panic coming out. No `Option`s: the entry
+/// frame takes the closure exactly once and writes exactly one of the two
+/// outcomes, which `guarded_call` reads back once.
 struct Call<F, R> {
-    f: Option<F>,
-    out: Option<std::thread::Result<R>>,
+    f: ManuallyDrop<F>,
+    out: MaybeUninit<R>,
+    panic: Option<Box<dyn std::any::Any + Send>>,
 }
 
 /// The first frame on the lowered stack: runs the closure and catches its
 /// panic, which must not unwind through the assembly.
 ///
 /// # Safety
-/// `arg` must point to a live `Call<F, R>` used by no one else for the
-/// duration of the call.
+/// `arg` must point to a live `Call<F, R>` whose closure has not been taken,
+/// used by no one else for the duration of the call.
 unsafe extern "C" fn enter_budget<F: FnOnce() -> R, R>(arg: *mut u8) {
     // SAFETY: `guarded_call` passes its own `Call<F, R>`, borrowed for the
     // whole of `call_on_stack`, and touches it only after we return.
     let call = unsafe { &mut *arg.cast::<Call<F, R>>() };
-    let f = call.f.take();
-    call.out = Some(panic::catch_unwind(AssertUnwindSafe(move || match f {
-        Some(f) => f(),
-        None => unreachable!("the guarded closure runs once"),
-    })));
+    // SAFETY: the closure is taken here, once (the caller's contract).
+    let f = unsafe { ManuallyDrop::take(&mut call.f) };
+    match panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(value) => {
+            call.out.write(value);
+        }
+        Err(payload) => call.panic = Some(payload),
+    }
 }
 
 /// The exact stack pointer of the calling function (inlined, so it is the
@@ -460,8 +468,9 @@ fn guarded_call<F: FnOnce() -> R, R>(
         })
     });
     let mut call = Call {
-        f: Some(f),
-        out: None,
+        f: ManuallyDrop::new(f),
+        out: MaybeUninit::uninit(),
+        panic: None,
     };
     // The entry function catches every panic: nothing unwinds through the
     // switch. `call` lives in this frame until call_on_stack returns.
@@ -484,10 +493,10 @@ fn guarded_call<F: FnOnce() -> R, R>(
         let deepest = unsafe { deepest_touched(bounds.low, painted_top) };
         report::record(name, budget, new_sp - deepest);
     }
-    match call.out {
-        Some(Ok(value)) => Ok(value),
-        Some(Err(payload)) => panic::resume_unwind(payload),
-        None => unreachable!("the budget entry always stores an outcome"),
+    match call.panic {
+        Some(payload) => panic::resume_unwind(payload),
+        // SAFETY: without a panic, enter_budget wrote the closure's value.
+        None => Ok(unsafe { call.out.assume_init_read() }),
     }
 }
 
