@@ -1,8 +1,11 @@
 //! # stackswitch
 //!
 //! Stackful fibers with a hand-written assembly context switch, stacks whose
-//! bounds are known exactly, and (in later modules) a stack pool and a
-//! host-function stack guard for Wasmtime embedders.
+//! bounds are known exactly and in O(1) ([`StackBounds::current`],
+//! [`remaining_stack`]), a [`StackPool`] that Wasmtime can use as its async
+//! stack creator, and a host-function stack guard ([`guard`]) that runs each
+//! host function with exactly the stack it is guaranteed, so one that needs
+//! more fails in every test instead of only under a deep guest in production.
 //!
 //! ```
 //! use stackswitch::{Fiber, FiberResult, MmapStack, Suspender};
@@ -49,7 +52,8 @@
 //! ## Features
 //! - `fp-control`: preserve FP control state across switches (see above).
 //! - `wasmtime`: Wasmtime integration: a [`StackPool`] as Wasmtime's
-//!   stack creator (see the `wasmtime` module).
+//!   stack creator and `HostGuard` wrappers for host functions (see the
+//!   `wasmtime` module).
 //!
 //! ## Panics, drops and `panic = "abort"`
 //! A panic in a fiber finishes it and continues in the resumer. Dropping a
