@@ -674,3 +674,16 @@ fn touch_guard_in_child() {
     // Only reached if the guard did not fault.
     std::process::exit(0);
 }
+
+#[test]
+fn pools_and_stacks_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<StackPool>();
+    send_sync::<stackswitch::PooledStack>();
+    // A stack acquired on one thread is returned from another.
+    let pool = StackPool::new(PoolConfig::default().stack_size(64 << 10).capacity(1)).unwrap();
+    let stack = pool.acquire().unwrap();
+    std::thread::spawn(move || drop(stack)).join().unwrap();
+    assert_eq!(pool.in_use(), 0);
+    assert!(pool.acquire().is_ok());
+}
