@@ -2,9 +2,10 @@
 //! resident-memory policy, many threads, exhaustion, guard VMAs, and no
 //! system call on a warm fiber.
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
+
+mod common;
 
 use stackswitch::{
     locate, remaining_stack, Error, Fiber, FiberResult, GuardKind, PoolConfig, Stack, StackBounds,
@@ -458,8 +459,7 @@ fn pool_vma_count_does_not_grow_with_stacks_when_guards_are_markers() {
 
 #[test]
 fn mprotect_guards_cost_two_vmas_per_stack() {
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new(exe)
+    let out = common::self_command()
         .args([
             "--exact",
             "mprotect_guard_vmas_in_child",
@@ -500,9 +500,12 @@ fn mprotect_guard_vmas_in_child() {
 }
 
 #[test]
+#[cfg_attr(
+    target_arch = "aarch64",
+    ignore = "aarch64 runs under qemu-user, which does not emulate seccomp (PR_SET_SECCOMP: EINVAL)"
+)]
 fn warm_fiber_makes_no_system_call() {
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new(exe)
+    let out = common::self_command()
         .args([
             "--exact",
             "warm_fiber_under_seccomp_in_child",
@@ -641,7 +644,7 @@ fn trim_releases_what_the_canaries_missed() {
 /// returns the signal that ended it.
 fn child_signal(name: &str, guard: Option<&str>) -> Option<i32> {
     use std::os::unix::process::ExitStatusExt;
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    let mut cmd = common::self_command();
     cmd.args(["--exact", name, "--ignored", "--test-threads=1"]);
     if let Some(g) = guard {
         cmd.env("STACKSWITCH_GUARD", g);
