@@ -75,6 +75,35 @@ pub enum Error {
         /// The bytes available (left on the stack, or its whole size).
         available: usize,
     },
+    /// A stack budget too small to hold even the guard's own entry frame.
+    BudgetTooSmall {
+        /// The budget asked for, in bytes.
+        budget: usize,
+        /// The smallest budget accepted, in bytes.
+        minimum: usize,
+    },
+    /// A Wasmtime configuration that leaves host functions no stack budget.
+    NoHostBudget {
+        /// The configured `async_stack_size`, in bytes.
+        async_stack_size: usize,
+        /// The configured `max_wasm_stack`, in bytes.
+        max_wasm_stack: usize,
+        /// Bytes Wasmtime's and the guard's own frames take besides, plus
+        /// the smallest budget accepted.
+        reserved: usize,
+    },
+    /// The value of `STACKSWITCH_GUARD_MODE` names no guard mode.
+    BadGuardMode {
+        /// The value found.
+        value: String,
+    },
+    /// Installing the fault handler or an alternate signal stack failed.
+    Signal {
+        /// The system call that failed.
+        call: &'static str,
+        /// The error it returned.
+        source: io::Error,
+    },
     /// The current stack pointer is not on a stack whose bounds are known.
     UnknownStack,
     /// `resume` was called on a fiber that has already finished.
@@ -117,6 +146,30 @@ impl fmt::Display for Error {
                 f,
                 "stack budget of {budget} bytes exceeds the {available} bytes available"
             ),
+            Error::BudgetTooSmall { budget, minimum } => write!(
+                f,
+                "stack budget of {budget} bytes is below the minimum of {minimum} bytes"
+            ),
+            Error::NoHostBudget {
+                async_stack_size,
+                max_wasm_stack,
+                reserved,
+            } => write!(
+                f,
+                "async_stack_size of {async_stack_size} bytes leaves host functions no stack \
+                 budget: it must exceed max_wasm_stack ({max_wasm_stack} bytes) by more than \
+                 {reserved} bytes (Wasmtime's own frames, the guard's, and the minimum budget)"
+            ),
+            Error::BadGuardMode { value } => write!(
+                f,
+                "STACKSWITCH_GUARD_MODE={value:?} names no guard mode (enforce, measure or off)"
+            ),
+            Error::Signal { call, source } => {
+                write!(
+                    f,
+                    "setting up the stack fault handler with {call} failed: {source}"
+                )
+            }
             Error::UnknownStack => f.write_str(
                 "the current stack's bounds are unknown (not a pool stack or a thread stack)",
             ),
@@ -128,7 +181,9 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Mmap { source, .. } | Error::GuardPage { source, .. } => Some(source),
+            Error::Mmap { source, .. }
+            | Error::GuardPage { source, .. }
+            | Error::Signal { source, .. } => Some(source),
             _ => None,
         }
     }

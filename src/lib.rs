@@ -72,10 +72,14 @@ compile_error!(
 mod arch;
 mod error;
 mod fiber;
+pub mod guard;
 mod stack;
 
 pub use error::Error;
 pub use fiber::{Fiber, FiberResult, SendFiber, Suspender};
+pub use guard::{with_stack_budget, GuardMode, StackGuard};
 pub use stack::{
-    guard_kind, page_size, GuardKind, MmapStack, Stack, StackBounds, MAX_STACK_SIZE, MIN_STACK_SIZE,
+    guard_kind, page_size, GuardKind, MmapStack, PoolConfig, PooledStack, Stack, StackBounds,
+    StackPool, MAX_POOL_BYTES, MAX_POOL_CAPACITY, MAX_STACK_SIZE, MIN_STACK_SIZE,
 };
+pub use stack::{locate, remaining_stack, thread_stack, StackLocation, MAX_REGIONS};

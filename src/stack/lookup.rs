@@ -167,7 +167,7 @@ thread_local! {
 /// The calling thread's own stack, from `pthread_getattr_np`, cached.
 ///
 /// Not async-signal-safe the first time on a thread (it may read
-/// `/proc/self/maps` for the main thread); [`thread_stack_cached`] is.
+/// `/proc/self/maps` for the main thread); later calls are.
 pub fn thread_stack() -> Option<StackBounds> {
     if let Some(b) = thread_stack_cached() {
         return Some(b);
@@ -249,6 +249,7 @@ pub fn locate(addr: usize) -> Option<StackLocation> {
 
 /// Like [`locate`] but async-signal-safe: the thread stack is only known if
 /// it was read on this thread before.
+#[allow(dead_code)] // for the guard module's signal handler
 pub(crate) fn locate_in_signal(addr: usize) -> Option<StackLocation> {
     if let Some(found) = find_in_regions(addr) {
         return Some(found);

@@ -1,5 +1,5 @@
 //! Stacks: the [`Stack`] trait, exact [`StackBounds`], and the stacks this
-//! crate makes ([`MmapStack`]).
+//! crate makes ([`MmapStack`], and [`StackPool`] slots).
 //!
 //! # Stack layout
 //!
@@ -29,10 +29,12 @@
 
 pub(crate) mod lookup;
 mod mmap;
+mod pool;
 
 pub use lookup::{locate, remaining_stack, thread_stack, StackLocation, MAX_REGIONS};
 pub(crate) use mmap::install_guard;
 pub use mmap::{guard_kind, GuardKind, MmapStack};
+pub use pool::{PoolConfig, PooledStack, StackPool, MAX_POOL_BYTES, MAX_POOL_CAPACITY};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

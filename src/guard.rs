@@ -1,0 +1,469 @@
+//! The host-function stack guard: budgeted calls, peak measurement and
+//! guard-page fault reports.
+//!
+//! A host function that Wasmtime calls from a guest runs on whatever stack
+//! the guest left it. Wasmtime only promises "at least
+//! `async_stack_size - max_wasm_stack`" minus its own frames, so a host
+//! function that needs more passes every test with a shallow guest and
+//! crashes in production when a guest calls it near its stack limit.
+//! [`with_stack_budget`] closes that gap: it runs a closure with the stack
+//! pointer lowered so that *exactly* the budget remains above the guard
+//! page of the current stack, whatever the caller had used. A closure that
+//! needs more than its budget then faults on every call, in tests, at any
+//! guest depth.
+//!
+//! ```
+//! use stackswitch::guard::{GuardMode, StackGuard};
+//!
+//! // 32 KiB of stack for `parse`, whatever its caller has used.
+//! let guard = StackGuard::new("parse", 32 << 10).mode(GuardMode::Enforce);
+//! let sum = guard.run(|| (1..=10u32).sum::<u32>())?;
+//! assert_eq!(sum, 55);
+//! # Ok::<(), stackswitch::Error>(())
+//! ```
+//!
+//! # Modes
+//! - [`GuardMode::Enforce`]: lower the stack pointer (one `call_on_stack`,
+//!   a few nanoseconds).
+//! - [`GuardMode::Measure`]: as `Enforce`, and also paint the budget area
+//!   with a pattern before the call and find the deepest byte touched after
+//!   it; each guarded function's peak goes into the [`peak_report`].
+//! - [`GuardMode::Off`]: call the closure directly.
+//!
+//! The process-wide default comes from the environment variable
+//! [`GUARD_MODE_ENV`] (`STACKSWITCH_GUARD_MODE=enforce|measure|off`, read
+//! once) unless [`set_default_mode`] sets it; without either it is `Off`.
+//! So a test suite runs with `STACKSWITCH_GUARD_MODE=enforce` and production
+//! runs unguarded without a code change. A guard may override the default
+//! ([`StackGuard::mode`]).
+//!
+//! # Which stacks
+//! Only stacks whose bounds are known exactly: slots of a stack pool and
+//! threads' own stacks (see [`StackBounds::containing`]). On any other stack
+//! (a fiber on an [`MmapStack`](crate::MmapStack), Wasmtime's default fiber
+//! stacks) `Enforce` and `Measure` return [`Error::UnknownStack`] rather than
+//! run unguarded: a test suite that believes it checks budgets must not
+//! silently check nothing. `Off` never looks at the stack and always runs.
+//!
+//! # What the budget covers
+//! Everything below the lowered stack pointer: the guard's own entry frame
+//! (which catches panics, a few hundred bytes; more in debug builds) and
+//! the closure with everything it calls. The lowered stack pointer is
+//! `low + budget` rounded down to 16 bytes.
+//!
+//! # Overflows
+//! Under `Enforce`, a closure that needs more than its budget runs into the
+//! real guard page of its stack. The first guarded call installs a
+//! `SIGSEGV`/`SIGBUS` handler (see [`install_fault_handler`]) that
+//! recognises such a fault, prints which stack, which guarded function and
+//! its budget, and aborts. Faults it does not own go to the handler that was
+//! installed before it.
+
+mod report;
+mod signal;
+#[cfg(feature = "wasmtime")]
+pub mod wasmtime;
+
+use std::cell::Cell;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::arch::call_on_stack;
+use crate::stack::lookup::locate;
+use crate::{Error, StackBounds};
+
+pub use report::{peak_report, reset_peaks, PeakEntry, PeakReport};
+pub use signal::{handle_fault, install_fault_handler};
+
+/// The environment variable that sets the process-wide default mode:
+/// `enforce`, `measure` or `off` (any case).
+pub const GUARD_MODE_ENV: &str = "STACKSWITCH_GUARD_MODE";
+
+/// The smallest budget accepted: less cannot even hold the guard's own
+/// entry frame.
+pub const MIN_BUDGET: usize = 256;
+
+/// Bytes kept free between the caller's stack pointer and the lowered one:
+/// room for the return address and saved frame pointer that the switch
+/// pushes on the original stack.
+const SWITCH_RESERVE: usize = 64;
+
+/// Under `Measure`, the painting stops this far below the caller's stack
+/// pointer, so that `memset`'s own frame is never painted over.
+const PAINT_RESERVE: usize = 4096;
+
+/// The byte the budget area is painted with under `Measure`.
+const PAINT: u8 = 0xA5;
+
+/// What a guarded call does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GuardMode {
+    /// Call the closure directly, on the caller's stack: no cost, no check.
+    Off,
+    /// Run the closure with the stack pointer lowered so that exactly the
+    /// budget remains above the guard page.
+    Enforce,
+    /// As `Enforce`, and record the deepest stack byte the closure touched
+    /// (see [`peak_report`]).
+    Measure,
+}
+
+impl GuardMode {
+    /// The mode named by `s`: `off`, `enforce` or `measure`, in any case,
+    /// surrounding blanks ignored.
+    ///
+    /// ```
+    /// use stackswitch::guard::GuardMode;
+    /// assert_eq!(GuardMode::parse(" Measure "), Some(GuardMode::Measure));
+    /// assert_eq!(GuardMode::parse("on"), None);
+    /// ```
+    pub fn parse(s: &str) -> Option<GuardMode> {
+        let s = s.trim();
+        [
+            ("off", GuardMode::Off),
+            ("enforce", GuardMode::Enforce),
+            ("measure", GuardMode::Measure),
+        ]
+        .into_iter()
+        .find(|(name, _)| s.eq_ignore_ascii_case(name))
+        .map(|(_, mode)| mode)
+    }
+
+    /// The mode set by [`GUARD_MODE_ENV`]; `Ok(None)` when it is not set.
+    ///
+    /// # Errors
+    /// [`Error::BadGuardMode`] when the variable holds anything else than a
+    /// mode name.
+    pub fn from_env() -> Result<Option<GuardMode>, Error> {
+        match std::env::var(GUARD_MODE_ENV) {
+            Ok(value) => match GuardMode::parse(&value) {
+                Some(mode) => Ok(Some(mode)),
+                None => Err(Error::BadGuardMode { value }),
+            },
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(raw)) => Err(Error::BadGuardMode {
+                value: raw.to_string_lossy().into_owned(),
+            }),
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            GuardMode::Off => 1,
+            GuardMode::Enforce => 2,
+            GuardMode::Measure => 3,
+        }
+    }
+
+    fn from_u8(v: u8) -> Option<GuardMode> {
+        match v {
+            1 => Some(GuardMode::Off),
+            2 => Some(GuardMode::Enforce),
+            3 => Some(GuardMode::Measure),
+            _ => None,
+        }
+    }
+}
+
+/// The process-wide default mode; 0 until read from the environment or set.
+static DEFAULT_MODE: AtomicU8 = AtomicU8::new(0);
+
+/// The process-wide default mode.
+///
+/// The first call without an earlier [`set_default_mode`] reads
+/// [`GUARD_MODE_ENV`]. An unset variable means [`GuardMode::Off`]; a value
+/// that names no mode also means `Off`, after one warning on stderr naming
+/// the value (use [`GuardMode::from_env`] to treat it as an error instead).
+#[inline]
+pub fn default_mode() -> GuardMode {
+    match GuardMode::from_u8(DEFAULT_MODE.load(Ordering::Relaxed)) {
+        Some(mode) => mode,
+        None => default_mode_from_env(),
+    }
+}
+
+#[cold]
+fn default_mode_from_env() -> GuardMode {
+    let mode = match GuardMode::from_env() {
+        Ok(mode) => mode.unwrap_or(GuardMode::Off),
+        Err(err) => {
+            eprintln!("stackswitch: {err}; the host-function guard is off");
+            GuardMode::Off
+        }
+    };
+    // Only the first reader's answer counts (a racing set_default_mode wins).
+    match DEFAULT_MODE.compare_exchange(0, mode.to_u8(), Ordering::Relaxed, Ordering::Relaxed) {
+        Ok(_) => mode,
+        Err(current) => GuardMode::from_u8(current).unwrap_or(mode),
+    }
+}
+
+/// Sets the process-wide default mode, overriding [`GUARD_MODE_ENV`].
+/// Guards without a mode of their own follow it from their next call.
+pub fn set_default_mode(mode: GuardMode) {
+    DEFAULT_MODE.store(mode.to_u8(), Ordering::Relaxed);
+}
+
+/// A named stack budget: the unit the guard checks, measures and reports.
+///
+/// Cheap to copy; the name is what fault reports and the [`peak_report`]
+/// show, so give each guarded function its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackGuard {
+    name: &'static str,
+    budget: usize,
+    mode: Option<GuardMode>,
+}
+
+impl StackGuard {
+    /// A guard giving `name` exactly `budget` bytes of stack, in the
+    /// process-wide [`default_mode`]. The budget is checked on each call
+    /// (against the stack the call runs on).
+    pub const fn new(name: &'static str, budget: usize) -> StackGuard {
+        StackGuard {
+            name,
+            budget,
+            mode: None,
+        }
+    }
+
+    /// This guard always runs in `mode`, whatever the default.
+    pub const fn mode(mut self, mode: GuardMode) -> StackGuard {
+        self.mode = Some(mode);
+        self
+    }
+
+    /// This guard follows the process-wide default (the initial setting).
+    pub const fn default_mode(mut self) -> StackGuard {
+        self.mode = None;
+        self
+    }
+
+    /// The guarded function's name.
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The budget in bytes.
+    pub const fn budget(&self) -> usize {
+        self.budget
+    }
+
+    /// The mode the next call runs in.
+    #[inline]
+    pub fn effective_mode(&self) -> GuardMode {
+        match self.mode {
+            Some(mode) => mode,
+            None => default_mode(),
+        }
+    }
+
+    /// Runs `f` under this guard and returns its value.
+    ///
+    /// A panic in `f` is caught on the budget stack and resumed here, on the
+    /// caller's stack.
+    ///
+    /// # Errors
+    /// Under `Enforce` and `Measure` (never under `Off`, which only calls
+    /// `f`), without calling `f`:
+    /// - [`Error::BudgetTooSmall`] for a budget below [`MIN_BUDGET`];
+    /// - [`Error::UnknownStack`] when the current stack is neither a pool
+    ///   slot nor a thread's own stack;
+    /// - [`Error::BudgetTooLarge`] when the budget exceeds the stack's size
+    ///   or what the caller has left of it;
+    /// - [`Error::Signal`] if the fault handler could not be installed.
+    #[inline]
+    pub fn run<R>(&self, f: impl FnOnce() -> R) -> Result<R, Error> {
+        match self.effective_mode() {
+            GuardMode::Off => Ok(f()),
+            mode => guarded_call(self.name, self.budget, mode == GuardMode::Measure, f),
+        }
+    }
+}
+
+/// Runs `f` with exactly `budget` bytes of stack above the guard page, in
+/// the process-wide [`default_mode`]; shorthand for
+/// `StackGuard::new("with_stack_budget", budget).run(f)`.
+///
+/// ```
+/// use stackswitch::guard::{set_default_mode, with_stack_budget, GuardMode};
+///
+/// set_default_mode(GuardMode::Enforce);
+/// let left = with_stack_budget(64 << 10, || stackswitch::remaining_stack().unwrap())?;
+/// assert!(left <= 64 << 10 && left > 60 << 10);
+/// # Ok::<(), stackswitch::Error>(())
+/// ```
+///
+/// # Errors
+/// As [`StackGuard::run`].
+#[inline]
+pub fn with_stack_budget<R>(budget: usize, f: impl FnOnce() -> R) -> Result<R, Error> {
+    StackGuard::new("with_stack_budget", budget).run(f)
+}
+
+/// A guarded call in progress on this thread, linked to the one it is
+/// nested in. Lives in `guarded_call`'s frame on the caller's stack, so it
+/// outlives the call; the fault handler reads the chain.
+pub(crate) struct ActiveGuard {
+    pub(crate) name: &'static str,
+    pub(crate) budget: usize,
+    pub(crate) bounds: StackBounds,
+    /// The lowered stack pointer `f` started from.
+    pub(crate) sp: usize,
+    pub(crate) outer: *const ActiveGuard,
+}
+
+thread_local! {
+    /// The innermost guarded call running on this thread, or null.
+    /// Constant-initialised and without a destructor: readable from a
+    /// signal handler.
+    pub(crate) static ACTIVE: Cell<*const ActiveGuard> = const { Cell::new(std::ptr::null()) };
+}
+
+/// What the budget stack's entry frame shares with the caller.
+struct Call<F, R> {
+    f: Option<F>,
+    out: Option<std::thread::Result<R>>,
+}
+
+/// The first frame on the lowered stack: runs the closure and catches its
+/// panic, which must not unwind through the assembly.
+///
+/// # Safety
+/// `arg` must point to a live `Call<F, R>` used by no one else for the
+/// duration of the call.
+unsafe extern "C" fn enter_budget<F: FnOnce() -> R, R>(arg: *mut u8) {
+    // SAFETY: `guarded_call` passes its own `Call<F, R>`, borrowed for the
+    // whole of `call_on_stack`, and touches it only after we return.
+    let call = unsafe { &mut *arg.cast::<Call<F, R>>() };
+    let f = call.f.take();
+    call.out = Some(panic::catch_unwind(AssertUnwindSafe(move || match f {
+        Some(f) => f(),
+        None => unreachable!("the guarded closure runs once"),
+    })));
+}
+
+/// The exact stack pointer of the calling function (inlined, so it is the
+/// one the following call is made from).
+#[inline(always)]
+fn stack_pointer() -> usize {
+    let sp: usize;
+    // SAFETY: reads a register into a local; no memory, stack or flags use.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        std::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags));
+        #[cfg(target_arch = "aarch64")]
+        std::arch::asm!("mov {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags));
+    }
+    sp
+}
+
+/// The `Enforce`/`Measure` path of a guarded call.
+#[inline(never)]
+fn guarded_call<F: FnOnce() -> R, R>(
+    name: &'static str,
+    budget: usize,
+    measure: bool,
+    f: F,
+) -> Result<R, Error> {
+    if budget < MIN_BUDGET {
+        return Err(Error::BudgetTooSmall {
+            budget,
+            minimum: MIN_BUDGET,
+        });
+    }
+    let sp = stack_pointer();
+    let bounds = match locate(sp) {
+        Some(location) => location.bounds(),
+        None => return Err(Error::UnknownStack),
+    };
+    if budget > bounds.size() {
+        return Err(Error::BudgetTooLarge {
+            budget,
+            available: bounds.size(),
+        });
+    }
+    let left = sp.saturating_sub(bounds.low).saturating_sub(SWITCH_RESERVE);
+    if budget > left {
+        return Err(Error::BudgetTooLarge {
+            budget,
+            available: left,
+        });
+    }
+    signal::ensure_ready()?;
+
+    let new_sp = (bounds.low + budget) & !15;
+    let painted_top = new_sp.min(sp - PAINT_RESERVE).max(bounds.low);
+    if measure {
+        // SAFETY: `low..painted_top` is mapped stack memory below our stack
+        // pointer by at least PAINT_RESERVE, so no live frame is in it and
+        // memset's own frame stays above it.
+        unsafe {
+            std::ptr::write_bytes(bounds.low as *mut u8, PAINT, painted_top - bounds.low);
+        }
+    }
+
+    let active = ActiveGuard {
+        name,
+        budget,
+        bounds,
+        sp: new_sp,
+        outer: ACTIVE.with(Cell::get),
+    };
+    ACTIVE.with(|a| a.set(&active));
+    let mut call = Call {
+        f: Some(f),
+        out: None,
+    };
+    // SAFETY: new_sp is 16-byte aligned, at least SWITCH_RESERVE below our
+    // stack pointer (checked above), and `low..new_sp` is mapped stack that
+    // ends in the stack's guard region; nothing live is in it. The entry
+    // function catches every panic, so nothing unwinds through the switch.
+    unsafe {
+        call_on_stack(
+            (&raw mut call).cast(),
+            enter_budget::<F, R>,
+            new_sp as *mut u8,
+        );
+    }
+    ACTIVE.with(|a| a.set(active.outer));
+
+    if measure {
+        // SAFETY: we painted `low..painted_top` and the call is over; the
+        // memory is still mapped stack below our stack pointer.
+        let deepest = unsafe { deepest_touched(bounds.low, painted_top) };
+        report::record(name, budget, new_sp - deepest);
+    }
+    match call.out {
+        Some(Ok(value)) => Ok(value),
+        Some(Err(payload)) => panic::resume_unwind(payload),
+        None => unreachable!("the budget entry always stores an outcome"),
+    }
+}
+
+/// The lowest address in `low..top` that no longer holds the paint, or
+/// `top` if all of it does.
+///
+/// # Safety
+/// `low..top` must be readable, and `low` 8-byte aligned.
+unsafe fn deepest_touched(low: usize, top: usize) -> usize {
+    let word = u64::from_ne_bytes([PAINT; 8]);
+    let mut addr = low;
+    while addr + 8 <= top {
+        // SAFETY: `addr..addr + 8` is inside `low..top`, aligned (the
+        // caller's `low` is, and we step by 8).
+        let w = unsafe { std::ptr::read_volatile(addr as *const u64) };
+        if w != word {
+            break;
+        }
+        addr += 8;
+    }
+    while addr < top {
+        // SAFETY: `addr` is inside `low..top`.
+        if unsafe { std::ptr::read_volatile(addr as *const u8) } != PAINT {
+            return addr;
+        }
+        addr += 1;
+    }
+    top
+}

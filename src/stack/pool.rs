@@ -1,0 +1,809 @@
+//! [`StackPool`]: one reservation cut into equal slots, handed out as
+//! [`PooledStack`]s without a system call once a slot is warm.
+//!
+//! See [`StackPool`] for the layout, the free list, the resident-memory
+//! policy and zeroing.
+
+use std::fmt;
+use std::io;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use super::lookup::{register_region, Registration};
+use super::{
+    checked_stack_size, guard_kind, install_guard, page_size, round_up_to_page, GuardKind, Stack,
+    StackBounds, MAX_STACK_SIZE,
+};
+use crate::Error;
+
+/// The largest region a pool reserves: 64 TiB of address space (x86_64 user
+/// space is 128 TiB; aarch64 with 48-bit addresses, 256 TiB).
+pub const MAX_POOL_BYTES: usize = 64 << 40;
+
+/// The most slots a pool can have (indices travel as `u32`, 0 meaning none).
+pub const MAX_POOL_CAPACITY: usize = u32::MAX as usize - 1;
+
+/// Canary words written in the lowest page of a slot's resident part.
+const CANARIES: usize = 16;
+/// Bytes between two canaries.
+const CANARY_STRIDE: usize = 256;
+/// The canary value; a fiber storing exactly this there is taken as not
+/// having been there (an extra page stays resident, nothing worse).
+const CANARY: u64 = 0x5a17_c0de_dead_f00d;
+// The canaries fit in the smallest page (4 KiB), the least `resident` is.
+const _: () = assert!(CANARIES * CANARY_STRIDE <= 4096);
+
+/// Per-slot flags, only changed by the slot's current owner.
+const GUARDED: u8 = 1;
+/// The canaries are in place (written since the slot was last handed out
+/// without them).
+const ARMED: u8 = 2;
+/// Every byte of the stack is zero.
+const CLEAN: u8 = 4;
+
+/// How a [`StackPool`] is laid out and how it treats returned stacks.
+///
+/// ```
+/// use stackswitch::PoolConfig;
+/// let config = PoolConfig::default()
+///     .stack_size(256 << 10) // usable bytes per stack
+///     .capacity(4096)        // how many stacks at most
+///     .guard_size(64 << 10)  // guard region below each stack
+///     .resident(32 << 10)    // kept committed when a stack comes back
+///     .zero_on_return(false);
+/// assert_eq!(config.get_stack_size(), 256 << 10);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolConfig {
+    stack_size: usize,
+    capacity: usize,
+    guard_size: usize,
+    resident: usize,
+    zero_on_return: bool,
+}
+
+impl Default for PoolConfig {
+    /// 1024 stacks of 256 KiB, a one-page guard each, 64 KiB kept resident
+    /// on return, no zeroing.
+    fn default() -> Self {
+        PoolConfig {
+            stack_size: 256 << 10,
+            capacity: 1024,
+            guard_size: page_size(),
+            resident: 64 << 10,
+            zero_on_return: false,
+        }
+    }
+}
+
+impl PoolConfig {
+    /// Usable bytes per stack (rounded up to whole pages), at least
+    /// [`MIN_STACK_SIZE`](crate::MIN_STACK_SIZE). For Wasmtime, at least its
+    /// `async_stack_size`.
+    pub fn stack_size(mut self, bytes: usize) -> Self {
+        self.stack_size = bytes;
+        self
+    }
+
+    /// How many stacks the pool holds: a fixed count, reserved up front as
+    /// address space only (`MAP_NORESERVE`; memory is committed as stacks
+    /// are used). Acquiring beyond it is [`Error::PoolExhausted`].
+    pub fn capacity(mut self, stacks: usize) -> Self {
+        self.capacity = stacks;
+        self
+    }
+
+    /// Bytes of guard region below each stack (rounded up to whole pages,
+    /// at least one page).
+    pub fn guard_size(mut self, bytes: usize) -> Self {
+        self.guard_size = bytes;
+        self
+    }
+
+    /// Bytes below the top of a returned stack kept committed for the next
+    /// user (rounded up to whole pages). Pages below are released when a
+    /// use went deeper (see the module docs). 0 releases every page of
+    /// every returned stack (a system call per release); a value at or above
+    /// the stack size never releases any.
+    pub fn resident(mut self, bytes: usize) -> Self {
+        self.resident = bytes;
+        self
+    }
+
+    /// Zero every stack when it comes back, so all free stacks read as
+    /// zeros. Costs a `memset` of the resident part and an `madvise` per
+    /// release; without it, only [`StackPool::acquire_zeroed`] zeroes.
+    pub fn zero_on_return(mut self, zero: bool) -> Self {
+        self.zero_on_return = zero;
+        self
+    }
+
+    /// The configured stack size, as given.
+    pub fn get_stack_size(&self) -> usize {
+        self.stack_size
+    }
+
+    /// The configured capacity.
+    pub fn get_capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+/// The region and its bookkeeping, shared by the pool handles and every
+/// stack handed out; unmapped when the last of them goes.
+struct Inner {
+    /// Start of the reservation (slot 0's guard).
+    base: NonNull<u8>,
+    /// Bytes reserved: `slot_size * capacity`.
+    len: usize,
+    slot_size: usize,
+    guard: usize,
+    /// Usable bytes per slot, `slot_size - guard`.
+    stack_size: usize,
+    /// Resident bytes kept on return, page rounded and at most `stack_size`.
+    resident: usize,
+    zero_on_return: bool,
+    capacity: usize,
+    kind: GuardKind,
+    id: usize,
+    /// Free-list head: bits 0..32 the top slot's index + 1 (0: empty),
+    /// bits 32..64 a tag bumped on every change.
+    head: AtomicU64,
+    /// Per slot: index + 1 of the slot below it on the free list.
+    next: Box<[AtomicU32]>,
+    /// Per slot: `GUARDED | ARMED | CLEAN` flags.
+    flags: Box<[AtomicU8]>,
+    /// Slots `fresh..capacity` have never been handed out.
+    fresh: AtomicUsize,
+    /// `StackPool` handles alive; `Arc::strong_count - handles` is the
+    /// number of stacks out.
+    handles: AtomicUsize,
+    /// Withdrawn from the lookup table before the memory is unmapped.
+    registration: Option<Registration>,
+}
+
+// SAFETY: `base` names a mapping owned by Inner; every mutable field is
+// atomic, and slot memory is only touched by the slot's current owner.
+unsafe impl Send for Inner {}
+// SAFETY: as above; shared access goes through atomics.
+unsafe impl Sync for Inner {}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Withdraw from the lookup table first, so no lookup names memory
+        // that is about to go.
+        self.registration.take();
+        // SAFETY: the mapping made in `StackPool::new`; the last handle to it
+        // is going (no stack is out: each holds an Arc to us).
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+/// A pool of stacks with guard regions in one reservation, safe to share
+/// between threads.
+///
+/// `StackPool` is a cheap handle (`Clone` is an `Arc` clone). Dropping every
+/// handle while stacks are still out is fine: the memory stays mapped until
+/// the last [`PooledStack`] is dropped too.
+///
+/// ```
+/// use stackswitch::{Fiber, FiberResult, PoolConfig, StackPool, Suspender};
+///
+/// let pool = StackPool::new(PoolConfig::default().stack_size(64 << 10).capacity(16))?;
+/// let mut fiber = Fiber::with_stack(pool.acquire()?, |x: u32, _: &Suspender<u32, ()>| x * 2)?;
+/// assert_eq!(pool.in_use(), 1);
+/// assert_eq!(fiber.resume(21), FiberResult::Return(42));
+/// drop(fiber); // the stack goes back to the pool
+/// assert_eq!(pool.in_use(), 0);
+/// # Ok::<(), stackswitch::Error>(())
+/// ```
+///
+/// # Layout
+///
+/// ```text
+///  base                                                         base + capacity * slot_size
+///   │ slot 0                   │ slot 1                   │ ... │ slot capacity-1          │
+///   ├───────┬──────────────────┼───────┬──────────────────┼─────┼───────┬──────────────────┤
+///   │ guard │ stack ▲ grows    │ guard │ stack            │     │ guard │ stack            │
+///   ├───────┴──────────────────┼───────┴──────────────────┼─────┴───────┴──────────────────┤
+///   │◄────── slot_size ───────►│   (guard + stack, both whole pages)
+/// ```
+///
+/// Each slot's stack follows the layout described in the `stack`
+/// module docs. The region is registered in the lookup table, so the slot of
+/// any address is `(addr - base) / slot_size`: [`StackBounds::containing`]
+/// answers in O(1) for every slot, handed out or not.
+///
+/// # Free list
+///
+/// Returned slots go on a lock-free LIFO (a Treiber stack) whose head packs
+/// the top slot's index with a 32-bit tag that changes on every push and
+/// pop, so a pop that read a stale head fails its compare-and-swap (the ABA
+/// problem would need 2³² operations to happen while one thread sits
+/// between its load and its CAS). LIFO order hands out the most recently
+/// used, cache-warm slot first. Slots never used yet are taken from a bump
+/// counter; their guard is installed on first use, so making a pool of any
+/// capacity costs one system call (the `mmap`).
+///
+/// A warm acquire is one CAS on the free list plus an `Arc` clone; a release
+/// is the reverse. A per-thread cache was considered and not taken: it
+/// would save two uncontended atomic operations (about 1–2 ns here, next to
+/// the ~18 ns a fiber's create + run + drop costs) at the price of slots
+/// parked in threads that may never come back, which would make
+/// [`StackPool::in_use`] and dropping a pool inexact.
+///
+/// # Resident memory on return
+///
+/// A returned stack keeps up to [`PoolConfig::resident`] bytes below its top
+/// committed (they are the pages the next fiber touches first); pages below
+/// that are released with `MADV_DONTNEED`. A system call on every release
+/// would cost more than the rest of a fiber's life, so the pool only makes
+/// one when the stack was used deeper than that limit, and finds out with
+/// canaries: 16 words, one every 256 bytes, written in the lowest page of
+/// the resident part when the slot is handed out. A release compares them
+/// (16 loads) and calls `madvise` only if one changed. A stack that went
+/// deeper wrote that page on its way down (every call stores a return
+/// address, every frame larger than a page probes each page), so it usually
+/// changes at least one canary; a stack that reached into that page but
+/// not beyond costs one needless `madvise`. The check is a heuristic:
+/// should a deep use miss every canary, its pages stay committed until a
+/// later use trips them or [`StackPool::trim`] is called.
+///
+/// # Zeroing
+///
+/// A stack acquired with [`StackPool::acquire_zeroed`] (what Wasmtime asks
+/// for with `async_stack_zeroing(true)`), or every returned stack with
+/// [`PoolConfig::zero_on_return`], is made exactly zero: the resident part
+/// with a `memset`, the rest with `MADV_DONTNEED` (anonymous pages read as
+/// zeros afterwards). A stack handed out zeroed is zeroed again when it
+/// comes back (its user is likely to ask again, and the `madvise` then also
+/// releases whatever it used below the resident limit, which the canaries
+/// cannot tell: a zeroed stack carries none). A slot remembers being clean,
+/// so a zeroed acquire of a clean slot costs nothing and a never-used slot
+/// is never zeroed.
+pub struct StackPool {
+    inner: Arc<Inner>,
+}
+
+impl StackPool {
+    /// Reserves the region for `config.capacity` stacks and registers it
+    /// for lookups. No stack memory is committed, and no guard installed,
+    /// until a slot is first used.
+    ///
+    /// # Errors
+    /// [`Error::StackTooSmall`]/[`Error::StackTooLarge`] for the stack size,
+    /// [`Error::BadGuardSize`] for the guard, [`Error::BadPoolConfig`] for a
+    /// capacity of 0 or above [`MAX_POOL_CAPACITY`], a region above
+    /// [`MAX_POOL_BYTES`], or when [`MAX_REGIONS`](crate::MAX_REGIONS) pools
+    /// are alive; [`Error::Mmap`] when the kernel refuses the reservation.
+    pub fn new(config: PoolConfig) -> Result<Self, Error> {
+        let stack_size = checked_stack_size(config.stack_size)?;
+        let page = page_size();
+        let guard = match round_up_to_page(config.guard_size, page) {
+            Some(g) if config.guard_size > 0 && g <= MAX_STACK_SIZE => g,
+            _ => {
+                return Err(Error::BadGuardSize {
+                    requested: config.guard_size,
+                    maximum: MAX_STACK_SIZE,
+                })
+            }
+        };
+        let capacity = config.capacity;
+        if capacity == 0 || capacity > MAX_POOL_CAPACITY {
+            return Err(Error::BadPoolConfig {
+                reason: format!(
+                    "capacity {capacity} must be between 1 and {MAX_POOL_CAPACITY} stacks"
+                ),
+            });
+        }
+        // Both at most MAX_STACK_SIZE: no overflow.
+        let slot_size = stack_size + guard;
+        let len = match slot_size.checked_mul(capacity) {
+            Some(len) if len <= MAX_POOL_BYTES => len,
+            _ => {
+                return Err(Error::BadPoolConfig {
+                    reason: format!(
+                        "{capacity} slots of {slot_size} bytes (stack {stack_size} + guard \
+                         {guard}) exceed the maximum region of {MAX_POOL_BYTES} bytes"
+                    ),
+                })
+            }
+        };
+        let resident = round_up_to_page(config.resident.min(stack_size), page).unwrap_or(0);
+        // SAFETY: a fresh private anonymous mapping at an address the kernel
+        // picks; no existing memory is affected.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(Error::Mmap {
+                bytes: len,
+                source: io::Error::last_os_error(),
+            });
+        }
+        let base = NonNull::new(addr.cast::<u8>()).expect("mmap returned null on success");
+        static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let mut inner = Inner {
+            base,
+            len,
+            slot_size,
+            guard,
+            stack_size,
+            resident,
+            zero_on_return: config.zero_on_return,
+            capacity,
+            kind: guard_kind(),
+            id,
+            head: AtomicU64::new(0),
+            next: (0..capacity).map(|_| AtomicU32::new(0)).collect(),
+            flags: (0..capacity).map(|_| AtomicU8::new(CLEAN)).collect(),
+            fresh: AtomicUsize::new(0),
+            handles: AtomicUsize::new(1),
+            registration: None,
+        };
+        // On error `inner` drops here and unmaps the region.
+        inner.registration = Some(register_region(
+            base.as_ptr() as usize,
+            slot_size,
+            capacity,
+            guard,
+            id,
+        )?);
+        Ok(StackPool {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Takes a stack from the pool; it goes back when the handle is
+    /// dropped (usually with the [`Fiber`](crate::Fiber) that owns it).
+    ///
+    /// A slot used before costs no system call; one never used costs its
+    /// guard installation. The stack's contents are whatever its last user
+    /// left (see [`acquire_zeroed`](Self::acquire_zeroed)).
+    ///
+    /// # Errors
+    /// [`Error::PoolExhausted`] when all slots are out; [`Error::GuardPage`]
+    /// if installing a new slot's guard fails.
+    #[inline]
+    pub fn acquire(&self) -> Result<PooledStack, Error> {
+        self.take(false)
+    }
+
+    /// Like [`acquire`](Self::acquire), but the stack reads as zeros: its
+    /// resident part is cleared with a `memset` and the rest released with
+    /// `MADV_DONTNEED`, unless the slot is known to be clean already. The
+    /// stack is zeroed again when it is returned, so that the next zeroed
+    /// acquire of the slot costs nothing.
+    ///
+    /// # Errors
+    /// As [`acquire`](Self::acquire).
+    pub fn acquire_zeroed(&self) -> Result<PooledStack, Error> {
+        self.take(true)
+    }
+
+    #[inline]
+    fn take(&self, zeroed: bool) -> Result<PooledStack, Error> {
+        let inner = &*self.inner;
+        let index = match inner.pop().or_else(|| inner.bump()) {
+            Some(index) => index,
+            None => {
+                return Err(Error::PoolExhausted {
+                    capacity: inner.capacity,
+                })
+            }
+        };
+        let bounds = inner.bounds(index);
+        let flags = &inner.flags[index];
+        let mut f = flags.load(Ordering::Relaxed);
+        if f & GUARDED == 0 {
+            // SAFETY: the guard part of a slot we now own, page aligned,
+            // inside our mapping; nothing lives there.
+            if let Err(e) = unsafe { install_guard(bounds.guard as *mut u8, inner.guard) } {
+                inner.push(index);
+                return Err(e);
+            }
+            f |= GUARDED;
+        }
+        // A stack zeroed on its return needs no canaries: its release
+        // clears everything anyway.
+        let zero_on_drop = zeroed || inner.zero_on_return;
+        if zeroed && f & CLEAN == 0 {
+            // SAFETY: we own the slot; nothing lives on it.
+            unsafe { inner.zero(bounds) };
+            f |= CLEAN;
+        }
+        if !zero_on_drop && f & ARMED == 0 && inner.tracks_depth() {
+            // SAFETY: we own the slot; nothing lives on it.
+            unsafe { inner.arm(bounds) };
+            f = (f | ARMED) & !CLEAN;
+        }
+        flags.store(f, Ordering::Relaxed);
+        Ok(PooledStack {
+            bounds,
+            index: index as u32,
+            zero_on_drop,
+            pool: Arc::clone(&self.inner),
+        })
+    }
+
+    /// How many stacks are out (acquired and not yet dropped). A snapshot:
+    /// other threads may change it at any moment.
+    pub fn in_use(&self) -> usize {
+        let handles = self.inner.handles.load(Ordering::Acquire);
+        Arc::strong_count(&self.inner).saturating_sub(handles)
+    }
+
+    /// How many stacks the pool holds.
+    pub fn capacity(&self) -> usize {
+        self.inner.capacity
+    }
+
+    /// Usable bytes per stack (the configured size rounded up to pages).
+    pub fn stack_size(&self) -> usize {
+        self.inner.stack_size
+    }
+
+    /// Bytes per slot: guard plus stack.
+    pub fn slot_size(&self) -> usize {
+        self.inner.slot_size
+    }
+
+    /// Bytes of guard region below each stack.
+    pub fn guard_size(&self) -> usize {
+        self.inner.guard
+    }
+
+    /// How the guard regions are made (the process-wide mechanism, see
+    /// [`guard_kind`](crate::guard_kind)).
+    pub fn guard_kind(&self) -> GuardKind {
+        self.inner.kind
+    }
+
+    /// The id this pool's region is registered under: the `region_id` of
+    /// [`StackLocation::PoolSlot`](crate::StackLocation::PoolSlot) for
+    /// addresses in this pool.
+    pub fn id(&self) -> usize {
+        self.inner.id
+    }
+
+    /// The reserved address range, all slots.
+    pub fn region(&self) -> std::ops::Range<usize> {
+        let base = self.inner.base.as_ptr() as usize;
+        base..base + self.inner.len
+    }
+
+    /// The bounds of slot `index`, or `None` past the capacity.
+    pub fn slot_bounds(&self, index: usize) -> Option<StackBounds> {
+        (index < self.inner.capacity).then(|| self.inner.bounds(index))
+    }
+
+    /// Releases the pages below the resident limit of every free stack
+    /// (one `madvise` per slot used so far), whatever the canaries say.
+    /// Stacks out are not touched. Returns how many slots were trimmed.
+    ///
+    /// Slots are taken off the free list while they are trimmed, so a
+    /// concurrent [`acquire`](Self::acquire) may see the pool as fuller than
+    /// it is for that moment.
+    pub fn trim(&self) -> usize {
+        let inner = &*self.inner;
+        let mut taken = Vec::new();
+        while let Some(index) = inner.pop() {
+            taken.push(index);
+        }
+        for &index in &taken {
+            let b = inner.bounds(index);
+            let keep_from = b.high - inner.resident;
+            if keep_from > b.low {
+                // SAFETY: a free slot we hold off the free list; its pages
+                // below the resident limit hold nothing anyone will read.
+                unsafe { release_pages(b.low, keep_from - b.low) };
+            }
+        }
+        // Push back in reverse so the warmest slot is on top again.
+        for &index in taken.iter().rev() {
+            inner.push(index);
+        }
+        taken.len()
+    }
+}
+
+impl Clone for StackPool {
+    fn clone(&self) -> Self {
+        // Counted before the Arc clone, so in_use never reads one too many.
+        self.inner.handles.fetch_add(1, Ordering::AcqRel);
+        StackPool {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl Drop for StackPool {
+    fn drop(&mut self) {
+        self.inner.handles.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl fmt::Debug for StackPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StackPool")
+            .field("id", &self.inner.id)
+            .field("region", &self.region())
+            .field("stack_size", &self.inner.stack_size)
+            .field("guard_size", &self.inner.guard)
+            .field("capacity", &self.inner.capacity)
+            .field("in_use", &self.in_use())
+            .field("guard_kind", &self.inner.kind)
+            .finish()
+    }
+}
+
+impl Inner {
+    #[inline]
+    fn bounds(&self, index: usize) -> StackBounds {
+        let guard = self.base.as_ptr() as usize + index * self.slot_size;
+        StackBounds {
+            guard,
+            low: guard + self.guard,
+            high: guard + self.slot_size,
+        }
+    }
+
+    /// Whether returned stacks are trimmed by canaries (some but not all
+    /// of a stack is kept resident).
+    #[inline]
+    fn tracks_depth(&self) -> bool {
+        self.resident > 0 && self.resident < self.stack_size
+    }
+
+    /// Pops the most recently freed slot.
+    #[inline]
+    fn pop(&self) -> Option<usize> {
+        let mut head = self.head.load(Ordering::Acquire);
+        loop {
+            let top = head as u32;
+            if top == 0 {
+                return None;
+            }
+            // A stale read (the slot was popped meanwhile) is harmless: the
+            // tag makes the CAS below fail.
+            let below = self.next[top as usize - 1].load(Ordering::Relaxed);
+            let new = (head >> 32).wrapping_add(1) << 32 | u64::from(below);
+            match self
+                .head
+                .compare_exchange_weak(head, new, Ordering::Acquire, Ordering::Acquire)
+            {
+                Ok(_) => return Some(top as usize - 1),
+                Err(now) => head = now,
+            }
+        }
+    }
+
+    /// Pushes a slot its caller owns and no longer uses.
+    #[inline]
+    fn push(&self, index: usize) {
+        let mut head = self.head.load(Ordering::Relaxed);
+        loop {
+            self.next[index].store(head as u32, Ordering::Relaxed);
+            let new = (head >> 32).wrapping_add(1) << 32 | (index as u64 + 1);
+            // Release: the slot's memory and flags, written by its last
+            // owner, are visible to whoever pops it.
+            match self
+                .head
+                .compare_exchange_weak(head, new, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(now) => head = now,
+            }
+        }
+    }
+
+    /// Takes a never-used slot, if any are left.
+    #[cold]
+    fn bump(&self) -> Option<usize> {
+        self.fresh
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
+                (f < self.capacity).then_some(f + 1)
+            })
+            .ok()
+    }
+
+    /// Where the canaries of a slot with these bounds go: the lowest page
+    /// of its resident part.
+    #[inline]
+    fn canary_base(&self, b: StackBounds) -> *mut u64 {
+        (b.high - self.resident) as *mut u64
+    }
+
+    /// Writes the canaries.
+    ///
+    /// # Safety
+    /// The caller owns the slot and nothing lives in its lowest resident
+    /// page.
+    unsafe fn arm(&self, b: StackBounds) {
+        let base = self.canary_base(b);
+        for i in 0..CANARIES {
+            // SAFETY: `resident` is at least one page and 16 * 256 bytes is
+            // one page, so every canary lies in low..high of a slot we own.
+            unsafe { base.byte_add(i * CANARY_STRIDE).write_volatile(CANARY) };
+        }
+    }
+
+    /// Whether any canary changed.
+    ///
+    /// # Safety
+    /// As [`arm`](Self::arm): the caller owns the slot (after its user).
+    #[inline]
+    unsafe fn tripped(&self, b: StackBounds) -> bool {
+        let base = self.canary_base(b);
+        let mut diff = 0;
+        for i in 0..CANARIES {
+            // SAFETY: as in `arm`.
+            diff |= unsafe { base.byte_add(i * CANARY_STRIDE).read_volatile() } ^ CANARY;
+        }
+        diff != 0
+    }
+
+    /// Makes the whole stack of a slot read as zeros: `memset` on the
+    /// resident part, `MADV_DONTNEED` below it.
+    ///
+    /// # Safety
+    /// The caller owns the slot and nothing lives on it.
+    unsafe fn zero(&self, b: StackBounds) {
+        let keep_from = b.high - self.resident;
+        if keep_from > b.low {
+            // SAFETY: the caller's contract; low..keep_from is in the slot.
+            if !unsafe { release_pages(b.low, keep_from - b.low) } {
+                // SAFETY: as above; madvise failed, so clear by hand.
+                unsafe { std::ptr::write_bytes(b.low as *mut u8, 0, keep_from - b.low) };
+            }
+        }
+        // SAFETY: the caller's contract; keep_from..high is in the slot.
+        unsafe { std::ptr::write_bytes(keep_from as *mut u8, 0, self.resident) };
+    }
+
+    /// Takes back slot `index` from a dropped [`PooledStack`]; `zero`
+    /// when the pool zeroes every returned stack or this one was handed
+    /// out zeroed (its user is likely to want it zeroed again, and zeroing
+    /// now also releases what it used below the resident limit).
+    #[inline]
+    fn release(&self, index: usize, b: StackBounds, zero: bool) {
+        let flags = &self.flags[index];
+        let f = flags.load(Ordering::Relaxed);
+        let f = if zero {
+            // SAFETY: the handle that owned the slot is being dropped.
+            unsafe { self.zero(b) };
+            (f | CLEAN) & !ARMED
+        } else if self.tracks_depth() {
+            // Armed when handed out (not zeroed), so the canaries tell.
+            // SAFETY: the handle that owned the slot is being dropped.
+            if unsafe { self.tripped(b) } {
+                let keep_from = b.high - self.resident;
+                // SAFETY: as above; low..keep_from is in the slot.
+                unsafe { release_pages(b.low, keep_from - b.low) };
+                // SAFETY: as above.
+                unsafe { self.arm(b) };
+            }
+            f & !CLEAN
+        } else if self.resident == 0 {
+            // SAFETY: the handle that owned the slot is being dropped.
+            unsafe { release_pages(b.low, b.high - b.low) };
+            // Released pages read as zeros.
+            f | CLEAN
+        } else {
+            f & !CLEAN
+        };
+        flags.store(f, Ordering::Relaxed);
+        self.push(index);
+    }
+}
+
+/// `MADV_DONTNEED` on `addr..addr + len`; whether it worked.
+///
+/// # Safety
+/// The range is page aligned, in a private anonymous mapping, and holds
+/// nothing anyone will read (it reads as zeros afterwards).
+#[cold]
+unsafe fn release_pages(addr: usize, len: usize) -> bool {
+    // SAFETY: the caller's contract.
+    unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_DONTNEED) == 0 }
+}
+
+/// A stack from a [`StackPool`]; returns to it when dropped.
+///
+/// It keeps the pool's memory mapped while it lives, even if every
+/// [`StackPool`] handle has gone.
+///
+/// ```
+/// use stackswitch::{PoolConfig, Stack, StackBounds, StackPool};
+/// let pool = StackPool::new(PoolConfig::default().capacity(2))?;
+/// let stack = pool.acquire()?;
+/// let b = stack.bounds();
+/// assert_eq!(StackBounds::containing(b.high - 1), Some(b));
+/// assert_eq!(b.size(), pool.stack_size());
+/// # Ok::<(), stackswitch::Error>(())
+/// ```
+pub struct PooledStack {
+    bounds: StackBounds,
+    index: u32,
+    /// Zero the stack when it goes back.
+    zero_on_drop: bool,
+    pool: Arc<Inner>,
+}
+
+impl PooledStack {
+    /// The slot's index in its pool.
+    pub fn slot(&self) -> usize {
+        self.index as usize
+    }
+
+    /// The id of the pool it came from (see [`StackPool::id`]).
+    pub fn pool_id(&self) -> usize {
+        self.pool.id
+    }
+}
+
+// SAFETY: the slot's memory is ours until drop (taken off the free list);
+// low..high is read-write, guard..low was made a guard when the slot was
+// first used; high is page aligned; the stack size passed
+// `checked_stack_size`; the bounds never change.
+unsafe impl Stack for PooledStack {
+    #[inline]
+    fn bounds(&self) -> StackBounds {
+        self.bounds
+    }
+}
+
+impl Drop for PooledStack {
+    #[inline]
+    fn drop(&mut self) {
+        self.pool
+            .release(self.index as usize, self.bounds, self.zero_on_drop);
+    }
+}
+
+impl fmt::Debug for PooledStack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PooledStack")
+            .field("pool", &self.pool.id)
+            .field("slot", &self.index)
+            .field("bounds", &self.bounds)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_arithmetic() {
+        let page = page_size();
+        let pool = StackPool::new(
+            PoolConfig::default()
+                .stack_size(MIN_STACK + 1)
+                .guard_size(page + 1)
+                .capacity(3),
+        )
+        .unwrap();
+        assert_eq!(pool.stack_size(), MIN_STACK + page);
+        assert_eq!(pool.guard_size(), 2 * page);
+        assert_eq!(pool.slot_size(), MIN_STACK + 3 * page);
+        let r = pool.region();
+        assert_eq!(r.len(), 3 * pool.slot_size());
+        let b2 = pool.slot_bounds(2).unwrap();
+        assert_eq!(b2.guard, r.start + 2 * pool.slot_size());
+        assert_eq!(b2.high, r.end);
+        assert_eq!(pool.slot_bounds(3), None);
+    }
+
+    const MIN_STACK: usize = crate::MIN_STACK_SIZE;
+}

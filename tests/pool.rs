@@ -1,0 +1,612 @@
+//! The stack pool: slot arithmetic and lookups, reuse, zeroing, the
+//! resident-memory policy, many threads, exhaustion, guard VMAs, and no
+//! system call on a warm fiber.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+
+use stackswitch::{
+    locate, remaining_stack, Error, Fiber, FiberResult, GuardKind, PoolConfig, Stack, StackBounds,
+    StackLocation, StackPool, Suspender,
+};
+
+fn page() -> usize {
+    stackswitch::page_size()
+}
+
+/// VMAs of this process that overlap `range`, from `/proc/self/maps`.
+fn vmas_in(range: std::ops::Range<usize>) -> usize {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines()
+        .filter(|line| {
+            let span = line.split_whitespace().next().unwrap();
+            let (lo, hi) = span.split_once('-').unwrap();
+            let lo = usize::from_str_radix(lo, 16).unwrap();
+            let hi = usize::from_str_radix(hi, 16).unwrap();
+            lo < range.end && hi > range.start
+        })
+        .count()
+}
+
+/// Which pages of `addr..addr + len` are resident, from `mincore`.
+fn resident_pages(addr: usize, len: usize) -> Vec<bool> {
+    let mut vec = vec![0u8; len / page()];
+    // SAFETY: addr..addr+len is page aligned and mapped (a pool slot); vec
+    // has one byte per page.
+    let rc = unsafe { libc::mincore(addr as *mut libc::c_void, len, vec.as_mut_ptr()) };
+    assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+    vec.iter().map(|v| v & 1 == 1).collect()
+}
+
+/// Writes `byte` over every usable byte of `stack`.
+fn fill(stack: &impl Stack, byte: u8) {
+    let b = stack.bounds();
+    // SAFETY: low..high is the stack's memory; we hold the stack and no
+    // fiber runs on it.
+    unsafe { std::ptr::write_bytes(b.low as *mut u8, byte, b.size()) };
+}
+
+/// Whether every usable byte of `stack` is zero.
+fn all_zero(stack: &impl Stack) -> bool {
+    let b = stack.bounds();
+    // SAFETY: as in `fill`; reading only.
+    let bytes = unsafe { std::slice::from_raw_parts(b.low as *const u8, b.size()) };
+    bytes.iter().all(|&x| x == 0)
+}
+
+#[test]
+fn lookup_edges_of_pool_stacks() {
+    let pool = StackPool::new(PoolConfig::default().stack_size(64 << 10).capacity(3)).unwrap();
+    let region = pool.region();
+    let first = pool.acquire().unwrap();
+    let b = first.bounds();
+    assert_eq!(b.size(), 64 << 10);
+    assert_eq!(b.guard_size(), page());
+    assert_eq!(b.low % page(), 0);
+    assert_eq!(b.high % page(), 0);
+
+    // First and last usable byte: this stack.
+    assert_eq!(StackBounds::containing(b.low), Some(b));
+    assert_eq!(StackBounds::containing(b.high - 1), Some(b));
+    match locate(b.high - 1) {
+        Some(StackLocation::PoolSlot {
+            region_id,
+            slot,
+            bounds,
+        }) => {
+            assert_eq!(region_id, pool.id());
+            assert_eq!(slot, first.slot());
+            assert_eq!(bounds, b);
+        }
+        other => panic!("expected a pool slot, got {other:?}"),
+    }
+    // One below: the guard of the same slot.
+    let below = StackBounds::containing(b.low - 1).unwrap();
+    assert_eq!(below, b);
+    assert!(below.in_guard(b.low - 1) && !below.contains(b.low - 1));
+    // One above: the next slot's guard (slot + 1), or outside the region.
+    match StackBounds::containing(b.high) {
+        Some(next) => {
+            assert_eq!(next.guard, b.high);
+            assert!(next.in_guard(b.high));
+            assert_eq!(Some(next), pool.slot_bounds(first.slot() + 1));
+        }
+        None => assert_eq!(b.high, region.end),
+    }
+    // The last slot's last byte, and the first byte after the region.
+    let last = pool.slot_bounds(2).unwrap();
+    assert_eq!(last.high, region.end);
+    assert_eq!(StackBounds::containing(region.end - 1), Some(last));
+    assert!(!matches!(
+        locate(region.end),
+        Some(StackLocation::PoolSlot { region_id, .. }) if region_id == pool.id()
+    ));
+    assert!(!matches!(
+        locate(region.start - 1),
+        Some(StackLocation::PoolSlot { region_id, .. }) if region_id == pool.id()
+    ));
+    // Outside every pool and every thread stack: heap memory.
+    let heap = Box::new(0u64);
+    assert_eq!(locate(&*heap as *const u64 as usize), None);
+
+    // After the stack is returned, its slot is still the pool's: lookups
+    // answer the same bounds.
+    let slot = first.slot();
+    drop(first);
+    assert_eq!(pool.in_use(), 0);
+    assert_eq!(
+        locate(b.low),
+        Some(StackLocation::PoolSlot {
+            region_id: pool.id(),
+            slot,
+            bounds: b
+        })
+    );
+
+    // Once the pool is gone, nothing answers for its region.
+    drop(pool);
+    assert!(!matches!(
+        locate(b.low),
+        Some(StackLocation::PoolSlot { .. })
+    ));
+}
+
+#[test]
+fn fiber_on_a_pooled_stack_knows_where_it_is() {
+    let pool = StackPool::new(PoolConfig::default().stack_size(128 << 10).capacity(4)).unwrap();
+    let stack = pool.acquire().unwrap();
+    let expected = stack.bounds();
+    let (id, slot) = (pool.id(), stack.slot());
+    let mut fiber = Fiber::with_stack(stack, move |_: (), _: &Suspender<(), ()>| {
+        let here = StackBounds::current().unwrap();
+        let left = remaining_stack().unwrap();
+        let loc = locate(&here as *const _ as usize).unwrap();
+        (here, left, loc)
+    })
+    .unwrap();
+    let (here, left, loc) = fiber.resume(()).returned().unwrap();
+    assert_eq!(here, expected);
+    assert!(left > 100 << 10 && left < 128 << 10, "{left} bytes left");
+    assert_eq!(
+        loc,
+        StackLocation::PoolSlot {
+            region_id: id,
+            slot,
+            bounds: expected
+        }
+    );
+    assert_eq!(pool.in_use(), 1);
+    drop(fiber);
+    assert_eq!(pool.in_use(), 0);
+}
+
+#[test]
+fn a_returned_stack_comes_back() {
+    let pool = StackPool::new(PoolConfig::default().stack_size(64 << 10).capacity(8)).unwrap();
+    let a = pool.acquire().unwrap();
+    let b = pool.acquire().unwrap();
+    assert_ne!(a.slot(), b.slot());
+    let (slot_a, bounds_a) = (a.slot(), a.bounds());
+    drop(a);
+    // The most recently returned slot is handed out first.
+    let again = pool.acquire().unwrap();
+    assert_eq!((again.slot(), again.bounds()), (slot_a, bounds_a));
+    // A fiber returns its stack when it is dropped, and into_stack hands
+    // it back to the caller instead.
+    drop(again);
+    let fiber = Fiber::with_stack(pool.acquire().unwrap(), |x: u8, _: &Suspender<u8, ()>| x);
+    let mut fiber = fiber.unwrap();
+    assert_eq!(fiber.resume(7), FiberResult::Return(7));
+    let stack = fiber.into_stack().unwrap();
+    assert_eq!(stack.slot(), slot_a);
+    assert_eq!(pool.in_use(), 2);
+    drop((stack, b));
+    assert_eq!(pool.in_use(), 0);
+}
+
+#[test]
+fn zeroed_acquire_reads_as_zeros() {
+    let pool = StackPool::new(
+        PoolConfig::default()
+            .stack_size(256 << 10)
+            .resident(64 << 10)
+            .capacity(2),
+    )
+    .unwrap();
+    let stack = pool.acquire().unwrap();
+    let slot = stack.slot();
+    fill(&stack, 0xab);
+    drop(stack);
+    // A plain acquire gets the dirty stack back as it was left...
+    let stack = pool.acquire().unwrap();
+    assert_eq!(stack.slot(), slot);
+    let b = stack.bounds();
+    // SAFETY: a byte in the middle of the stack we hold.
+    assert_eq!(unsafe { *((b.high - (8 << 10)) as *const u8) }, 0xab);
+    fill(&stack, 0xcd);
+    drop(stack);
+    // ...a zeroed one gets every byte zero, resident part and beyond.
+    let stack = pool.acquire_zeroed().unwrap();
+    assert_eq!(stack.slot(), slot);
+    assert!(all_zero(&stack));
+    // Dirty it again as a zeroed user: it is zeroed on return, and the
+    // next zeroed acquire finds it clean.
+    fill(&stack, 0xef);
+    drop(stack);
+    let stack = pool.acquire_zeroed().unwrap();
+    assert_eq!(stack.slot(), slot);
+    assert!(all_zero(&stack));
+}
+
+#[test]
+fn zero_on_return_clears_every_returned_stack() {
+    let pool = StackPool::new(
+        PoolConfig::default()
+            .stack_size(128 << 10)
+            .zero_on_return(true)
+            .capacity(2),
+    )
+    .unwrap();
+    let stack = pool.acquire().unwrap();
+    let slot = stack.slot();
+    fill(&stack, 0x5a);
+    drop(stack);
+    let stack = pool.acquire().unwrap();
+    assert_eq!(stack.slot(), slot);
+    assert!(all_zero(&stack));
+    // A fiber's leftovers too.
+    let mut fiber = Fiber::with_stack(stack, |_: (), _: &Suspender<(), ()>| {
+        let buf = std::hint::black_box([0x77u8; 8192]);
+        buf[100]
+    })
+    .unwrap();
+    assert_eq!(fiber.resume(()), FiberResult::Return(0x77));
+    drop(fiber);
+    let stack = pool.acquire().unwrap();
+    assert_eq!(stack.slot(), slot);
+    assert!(all_zero(&stack));
+}
+
+#[test]
+fn resident_limit_is_kept_on_return() {
+    let size = 256 << 10;
+    let keep = 64 << 10;
+    let pool = StackPool::new(
+        PoolConfig::default()
+            .stack_size(size)
+            .resident(keep)
+            .capacity(2),
+    )
+    .unwrap();
+    let stack = pool.acquire().unwrap();
+    let b = stack.bounds();
+    let limit = b.high - keep;
+    // Use the whole stack: every page becomes resident.
+    fill(&stack, 1);
+    assert!(resident_pages(b.low, b.size()).iter().all(|&r| r));
+    drop(stack);
+    // Deeper than the limit: pages below it are released, those above kept.
+    assert!(resident_pages(b.low, limit - b.low).iter().all(|&r| !r));
+    assert!(resident_pages(limit, keep).iter().all(|&r| r));
+
+    // A shallow use keeps everything as it was: nothing below the limit
+    // comes back, the resident part stays resident.
+    let stack = pool.acquire().unwrap();
+    assert_eq!(stack.bounds(), b);
+    // SAFETY: the top 16 KiB of the stack we hold.
+    unsafe { std::ptr::write_bytes((b.high - (16 << 10)) as *mut u8, 2, 16 << 10) };
+    drop(stack);
+    assert!(resident_pages(b.low, limit - b.low).iter().all(|&r| !r));
+    assert!(resident_pages(limit, keep).iter().all(|&r| r));
+
+    // A fiber recursing deeper than the limit trips the canaries too.
+    #[inline(never)]
+    fn deep(until: usize) -> usize {
+        let buf = std::hint::black_box([7u8; 256]);
+        if (&buf as *const _ as usize) < until {
+            0
+        } else {
+            deep(until) + buf[3] as usize
+        }
+    }
+    let until = limit - (32 << 10);
+    let mut fiber = Fiber::with_stack(
+        pool.acquire().unwrap(),
+        move |_: (), _: &Suspender<_, ()>| deep(until),
+    )
+    .unwrap();
+    assert!(fiber.resume(()).returned().is_some());
+    assert!(resident_pages(b.low, limit - b.low).iter().any(|&r| r));
+    drop(fiber);
+    assert!(resident_pages(b.low, limit - b.low).iter().all(|&r| !r));
+    assert!(resident_pages(limit, keep).iter().all(|&r| r));
+}
+
+#[test]
+fn resident_zero_releases_everything_and_full_keeps_everything() {
+    let none = StackPool::new(PoolConfig::default().stack_size(64 << 10).resident(0)).unwrap();
+    let stack = none.acquire().unwrap();
+    let b = stack.bounds();
+    fill(&stack, 3);
+    drop(stack);
+    assert!(resident_pages(b.low, b.size()).iter().all(|&r| !r));
+
+    let all = StackPool::new(
+        PoolConfig::default()
+            .stack_size(64 << 10)
+            .resident(usize::MAX),
+    )
+    .unwrap();
+    let stack = all.acquire().unwrap();
+    let b = stack.bounds();
+    fill(&stack, 3);
+    drop(stack);
+    assert!(resident_pages(b.low, b.size()).iter().all(|&r| r));
+}
+
+#[test]
+fn many_threads_acquire_and_release_at_once() {
+    const THREADS: usize = 8;
+    const ROUNDS: usize = 5_000;
+    let pool = StackPool::new(PoolConfig::default().stack_size(64 << 10).capacity(12)).unwrap();
+    // One flag per slot: set while some thread holds it.
+    let held: Arc<Vec<AtomicBool>> = Arc::new((0..12).map(|_| AtomicBool::new(false)).collect());
+    let start = Arc::new(Barrier::new(THREADS));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (pool, held, start) = (pool.clone(), held.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                let mut exhausted = 0;
+                for i in 0..ROUNDS {
+                    // Hold one or two stacks at a time; 8 threads * 2 > 12
+                    // slots, so exhaustion happens and must be an Err.
+                    let n = 1 + (i + t) % 2;
+                    let mut mine = Vec::new();
+                    for _ in 0..n {
+                        match pool.acquire() {
+                            Ok(s) => {
+                                let was = held[s.slot()].swap(true, Ordering::AcqRel);
+                                assert!(!was, "slot {} handed out twice", s.slot());
+                                mine.push(s);
+                            }
+                            Err(Error::PoolExhausted { capacity: 12 }) => exhausted += 1,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                    for s in mine {
+                        held[s.slot()].store(false, Ordering::Release);
+                        drop(s);
+                    }
+                }
+                exhausted
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(pool.in_use(), 0);
+    // Every slot is free again: all 12 can be taken at once.
+    let all: Vec<_> = (0..12).map(|_| pool.acquire().unwrap()).collect();
+    let mut slots: Vec<_> = all.iter().map(|s| s.slot()).collect();
+    slots.sort();
+    assert_eq!(slots, (0..12).collect::<Vec<_>>());
+}
+
+#[test]
+fn exhaustion_is_an_error_and_the_pool_recovers() {
+    let pool = StackPool::new(PoolConfig::default().stack_size(64 << 10).capacity(4)).unwrap();
+    let mut held: Vec<_> = (0..4).map(|_| pool.acquire().unwrap()).collect();
+    assert_eq!(pool.in_use(), 4);
+    let err = pool.acquire().unwrap_err();
+    assert!(matches!(err, Error::PoolExhausted { capacity: 4 }));
+    assert_eq!(
+        err.to_string(),
+        "stack pool exhausted: all 4 stacks are in use"
+    );
+    assert!(pool.acquire_zeroed().is_err());
+    let freed = held.pop().unwrap().slot();
+    let again = pool.acquire().unwrap();
+    assert_eq!(again.slot(), freed);
+    assert_eq!(pool.in_use(), 4);
+    drop((held, again));
+    assert_eq!(pool.in_use(), 0);
+}
+
+#[test]
+fn a_stack_outlives_its_pool() {
+    let pool = StackPool::new(PoolConfig::default().stack_size(64 << 10).capacity(2)).unwrap();
+    let region = pool.region();
+    let stack = pool.acquire().unwrap();
+    let b = stack.bounds();
+    drop(pool);
+    // The region is still mapped and registered while the stack lives.
+    assert!(vmas_in(region.clone()) > 0);
+    let mut fiber =
+        Fiber::with_stack(stack, |_: (), _: &Suspender<(), ()>| StackBounds::current()).unwrap();
+    assert_eq!(fiber.resume(()), FiberResult::Return(Some(b)));
+    drop(fiber);
+    // The last handle unmapped it and withdrew it from the lookup table.
+    assert_eq!(vmas_in(region), 0);
+    assert!(!matches!(
+        locate(b.low),
+        Some(StackLocation::PoolSlot { .. })
+    ));
+}
+
+#[test]
+fn bad_configurations_name_the_numbers() {
+    let err = StackPool::new(PoolConfig::default().capacity(0)).unwrap_err();
+    assert!(err.to_string().contains("capacity 0"), "{err}");
+    let err = StackPool::new(PoolConfig::default().stack_size(0)).unwrap_err();
+    assert!(err.to_string().contains("stack size 0"), "{err}");
+    let err = StackPool::new(PoolConfig::default().guard_size(0)).unwrap_err();
+    assert!(err.to_string().contains("guard size 0"), "{err}");
+    let err = StackPool::new(PoolConfig::default().stack_size(usize::MAX)).unwrap_err();
+    assert!(matches!(err, Error::StackTooLarge { .. }), "{err}");
+    let err =
+        StackPool::new(PoolConfig::default().stack_size(1 << 30).capacity(1 << 20)).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("1048576 slots") && msg.contains("bytes"),
+        "{msg}"
+    );
+    let err = StackPool::new(PoolConfig::default().capacity(usize::MAX)).unwrap_err();
+    assert!(err.to_string().contains(&usize::MAX.to_string()), "{err}");
+}
+
+#[test]
+fn pool_vma_count_does_not_grow_with_stacks_when_guards_are_markers() {
+    let pool = StackPool::new(PoolConfig::default().stack_size(64 << 10).capacity(256)).unwrap();
+    let one = pool.acquire().unwrap();
+    let with_one = vmas_in(pool.region());
+    let rest: Vec<_> = (1..256).map(|_| pool.acquire().unwrap()).collect();
+    let with_all = vmas_in(pool.region());
+    match pool.guard_kind() {
+        // Markers live in the page tables: the region stays one mapping.
+        GuardKind::Markers => {
+            assert_eq!(with_one, 1);
+            assert_eq!(with_all, 1);
+        }
+        // A kernel without markers: each guard splits the mapping.
+        GuardKind::Mprotect => assert_eq!(with_all, 2 * 256),
+    }
+    drop((one, rest));
+}
+
+#[test]
+fn mprotect_guards_cost_two_vmas_per_stack() {
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(exe)
+        .args([
+            "--exact",
+            "mprotect_guard_vmas_in_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("STACKSWITCH_GUARD", "mprotect")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "child failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("1 test passed") || stdout.contains("test result: ok. 1 passed"));
+}
+
+#[test]
+#[ignore = "run in a child process with STACKSWITCH_GUARD=mprotect by mprotect_guards_cost_two_vmas_per_stack"]
+fn mprotect_guard_vmas_in_child() {
+    assert_eq!(
+        std::env::var("STACKSWITCH_GUARD").as_deref(),
+        Ok("mprotect")
+    );
+    let pool = StackPool::new(PoolConfig::default().stack_size(64 << 10).capacity(64)).unwrap();
+    assert_eq!(pool.guard_kind(), GuardKind::Mprotect);
+    let held: Vec<_> = (0..64).map(|_| pool.acquire().unwrap()).collect();
+    // Guard (PROT_NONE) and stack (read-write) alternate: two per stack.
+    assert_eq!(vmas_in(pool.region()), 2 * 64);
+    // The guard still faults where expected: lookups say it is the guard.
+    let b = held[10].bounds();
+    assert!(StackBounds::containing(b.low - 1)
+        .unwrap()
+        .in_guard(b.low - 1));
+}
+
+#[test]
+fn warm_fiber_makes_no_system_call() {
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(exe)
+        .args([
+            "--exact",
+            "warm_fiber_under_seccomp_in_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("no memory system call in 10000 warm fibers"),
+        "child did not finish: {} (SIGSYS = 31 means a forbidden call)\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Kills the process on `mmap`, `munmap`, `mprotect`, `madvise`, `mremap`
+/// or `brk` made by the calling thread.
+fn forbid_memory_syscalls() {
+    use libc::{sock_filter, sock_fprog};
+    const LD_NR: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    let forbidden = [
+        libc::SYS_mmap,
+        libc::SYS_munmap,
+        libc::SYS_mprotect,
+        libc::SYS_madvise,
+        libc::SYS_mremap,
+        libc::SYS_brk,
+    ];
+    // Load the syscall number (offset 0 of seccomp_data); for each
+    // forbidden number jump to the kill at the end; else allow.
+    let n = forbidden.len() as u8;
+    let mut prog = vec![sock_filter {
+        code: LD_NR,
+        jt: 0,
+        jf: 0,
+        k: 0,
+    }];
+    for (i, nr) in forbidden.iter().enumerate() {
+        prog.push(sock_filter {
+            code: JEQ,
+            jt: n - i as u8, // over the rest and the allow, to the kill
+            jf: 0,
+            k: *nr as u32,
+        });
+    }
+    prog.push(sock_filter {
+        code: RET,
+        jt: 0,
+        jf: 0,
+        k: libc::SECCOMP_RET_ALLOW,
+    });
+    prog.push(sock_filter {
+        code: RET,
+        jt: 0,
+        jf: 0,
+        k: libc::SECCOMP_RET_KILL_PROCESS,
+    });
+    let fprog = sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: plain prctl calls; the filter program outlives the call.
+    unsafe {
+        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        let rc = libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &fprog as *const sock_fprog,
+        );
+        assert_eq!(rc, 0, "seccomp: {}", std::io::Error::last_os_error());
+    }
+}
+
+#[test]
+#[ignore = "run in a child process by warm_fiber_makes_no_system_call (installs a seccomp filter)"]
+fn warm_fiber_under_seccomp_in_child() {
+    let pool = StackPool::new(PoolConfig::default().stack_size(64 << 10).capacity(4)).unwrap();
+    let run = |pool: &StackPool, x: u64| {
+        let mut fiber =
+            Fiber::with_stack(pool.acquire().unwrap(), |x: u64, _: &Suspender<u64, ()>| {
+                x + 1
+            })
+            .unwrap();
+        fiber.resume(x).returned().unwrap()
+    };
+    // Warm the slot: guard installed, canaries written.
+    for i in 0..10 {
+        assert_eq!(run(&pool, i), i + 1);
+    }
+    forbid_memory_syscalls();
+    let mut sum = 0;
+    for i in 0..10_000 {
+        sum += run(&pool, i);
+    }
+    assert_eq!(sum, (1..=10_000).sum::<u64>());
+    let msg = b"no memory system call in 10000 warm fibers\n";
+    // SAFETY: writing a buffer we own to stdout.
+    unsafe { libc::write(1, msg.as_ptr().cast(), msg.len()) };
+    // Leave now: the test harness's own teardown would unmap memory.
+    // SAFETY: ends the process; nothing needs to run after this.
+    unsafe { libc::_exit(0) };
+}
