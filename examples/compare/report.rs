@@ -199,7 +199,8 @@ impl Report {
     }
 
     /// A measured row's ratio to the first stackswitch row of its group
-    /// measured in the same run (or, failing that, in any run).
+    /// measured in the same run (failing that, in any run; in a group with
+    /// no stackswitch row, to its first row).
     pub fn ratio(&self, row: &Row) -> Option<f64> {
         let stats = row.stats.as_ref()?;
         let ours = || {
@@ -208,9 +209,16 @@ impl Report {
                 .filter(|r| r.group == row.group && r.case.starts_with("stackswitch"))
                 .filter_map(|r| r.stats.as_ref())
         };
+        let first = || {
+            self.rows
+                .iter()
+                .filter(|r| r.group == row.group)
+                .filter_map(|r| r.stats.as_ref())
+        };
         let base = ours()
             .find(|b| b.run == stats.run)
-            .or_else(|| ours().next())?;
+            .or_else(|| ours().next())
+            .or_else(|| first().next())?;
         Some(stats.ratio_to(base))
     }
 
@@ -285,7 +293,7 @@ impl Report {
         let _ = writeln!(
             out,
             "  (per operation: median, min, max over the samples; ratio: to the group's \
-             stackswitch row of the same run, the median of per-round ratios)"
+             stackswitch row (or first row) of the same run, the median of per-round ratios)"
         );
         if !self.parked.is_empty() {
             let _ = writeln!(out);
