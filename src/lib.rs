@@ -48,7 +48,8 @@
 //!
 //! ## Features
 //! - `fp-control`: preserve FP control state across switches (see above).
-//! - `wasmtime`: Wasmtime integration.
+//! - `wasmtime`: Wasmtime integration: a [`StackPool`] as Wasmtime's
+//!   stack creator (see the `wasmtime` module).
 //!
 //! ## Panics, drops and `panic = "abort"`
 //! A panic in a fiber finishes it and continues in the resumer. Dropping a
@@ -74,6 +75,8 @@ mod error;
 mod fiber;
 pub mod guard;
 mod stack;
+#[cfg(feature = "wasmtime")]
+pub mod wasmtime;
 
 pub use error::Error;
 pub use fiber::{Fiber, FiberResult, SendFiber, Suspender};
