@@ -55,11 +55,28 @@ fn on_thread(mode: GuardMode) -> Op {
     Box::new(move |n| calls(&guard, n))
 }
 
+/// The cases as (key for `--callgrind`, table name).
+pub const CASES: &[(&str, &str)] = &[
+    ("guard-off", OFF),
+    ("guard-enforce", ENFORCE),
+    ("guard-measure", MEASURE),
+    ("guard-enforce-thread", ENFORCE_THREAD),
+];
+
+/// The operation "n guarded calls" of one case.
+pub fn op(key: &str) -> Option<Op> {
+    Some(match key {
+        "guard-off" => in_fiber(GuardMode::Off),
+        "guard-enforce" => in_fiber(GuardMode::Enforce),
+        "guard-measure" => in_fiber(GuardMode::Measure),
+        "guard-enforce-thread" => on_thread(GuardMode::Enforce),
+        _ => return None,
+    })
+}
+
 pub fn cases() -> Vec<Case> {
-    vec![
-        Case::new(OFF, in_fiber(GuardMode::Off)),
-        Case::new(ENFORCE, in_fiber(GuardMode::Enforce)),
-        Case::new(MEASURE, in_fiber(GuardMode::Measure)),
-        Case::new(ENFORCE_THREAD, on_thread(GuardMode::Enforce)),
-    ]
+    CASES
+        .iter()
+        .map(|(key, name)| Case::new(*name, op(key).expect("known case")))
+        .collect()
 }

@@ -21,8 +21,8 @@ pub struct Plan {
 impl Plan {
     pub fn full() -> Self {
         Plan {
-            batch: Duration::from_millis(10),
-            samples: 31,
+            batch: Duration::from_millis(4),
+            samples: 51,
         }
     }
 

@@ -14,8 +14,8 @@
 //! compare_fp_control -- --child-fp-control`) that measures stackswitch with `fp-control` and
 //! `context` side by side, and merges its rows into the table.
 //!
-//! `--callgrind <case> <n>` only runs `n` operations of one round-trip or
-//! create case, untimed (for `scripts/callgrind.sh`, perf and strace).
+//! `--callgrind <case> <n>` only runs `n` operations of one round-trip,
+//! create or guard case, untimed (for `scripts/callgrind.sh`, perf, strace).
 
 mod create;
 mod guard;
@@ -99,8 +99,13 @@ pub fn main() {
         }
     };
     if let Some((case, n)) = &args.callgrind {
-        let Some(mut op) = switch::op(case).or_else(|| create::op(case)) else {
-            let keys: Vec<&str> = create::CASES.iter().map(|(k, _)| *k).collect();
+        let Some(mut op) = switch::op(case)
+            .or_else(|| create::op(case))
+            .or_else(|| guard::op(case))
+        else {
+            let keys: Vec<&str> = (create::CASES.iter().chain(guard::CASES))
+                .map(|(k, _)| *k)
+                .collect();
             eprintln!("unknown case {case:?}; one of {:?} {keys:?}", switch::CASES);
             std::process::exit(2);
         };
