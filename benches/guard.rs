@@ -1,41 +1,34 @@
-//! The host-function guard's cost per call in each mode (Off, Enforce,
-//! Measure), in a fiber on a pool stack and on the thread's own stack.
-//! The loops are the ones `examples/compare` runs: `cargo bench --bench guard`.
+//! Per-call cost of the host-function guard in each mode, on the thread's
+//! own stack: `Off` (a direct call), `Enforce` (one stack switch) and
+//! `Measure` (paint the budget, switch, scan for the peak).
 
-use std::time::{Duration, Instant};
+use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use stackswitch::guard::{GuardMode, StackGuard};
 
-#[allow(dead_code)]
-#[path = "../examples/compare/guard.rs"]
-mod guard;
-#[allow(dead_code)]
-#[path = "../examples/compare/harness.rs"]
-mod harness;
+/// A typical small host function budget.
+const BUDGET: usize = 16 << 10;
+
+#[inline(never)]
+fn host_function(x: u64) -> u64 {
+    black_box(x).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
 
 fn guard_modes(c: &mut Criterion) {
-    let mut g = c.benchmark_group("guard_per_call");
-    for mut case in guard::cases() {
-        g.bench_function(&case.name, |b| {
-            b.iter_custom(|iters| {
-                let start = Instant::now();
-                (case.op)(iters);
-                start.elapsed()
-            })
+    let mut group = c.benchmark_group("guard");
+    for (label, mode) in [
+        ("off", GuardMode::Off),
+        ("enforce", GuardMode::Enforce),
+        ("measure_16k", GuardMode::Measure),
+    ] {
+        let guard = StackGuard::new("bench", BUDGET).mode(mode);
+        group.bench_function(label, |b| {
+            b.iter(|| guard.run(|| host_function(black_box(7))).unwrap())
         });
     }
-    g.finish();
+    group.finish();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-}
-
-criterion_group! {
-    name = benches;
-    config = config();
-    targets = guard_modes
-}
+criterion_group!(benches, guard_modes);
 criterion_main!(benches);

@@ -129,3 +129,7 @@ mod tests {
         assert_eq!(s.guard_range(), b.guard as *mut u8..b.low as *mut u8);
     }
 }
+
+/// The host-function stack guard for Wasmtime (defined in
+/// [`guard::wasmtime`](crate::guard::wasmtime)).
+pub use crate::guard::wasmtime::{Guarded, HostGuard, WASMTIME_FRAMES};
