@@ -7,6 +7,7 @@
 //! cargo run --release --features wasmtime --example compare  # + Wasmtime rows
 //! cargo run --release --example compare -- --quick           # smoke run (CI)
 //! cargo run --release --example compare -- --json            # for tools
+//! cargo run --release --example compare -- --markdown        # README table
 //! ```
 //!
 //! Without `fp-control`, the run also builds and starts a child
@@ -35,6 +36,7 @@ use report::{Report, Row, Target};
 struct Args {
     quick: bool,
     json: bool,
+    markdown: bool,
     child_fp_control: bool,
     callgrind: Option<(String, u64)>,
     /// Only these sections (all when empty).
@@ -48,6 +50,7 @@ fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         quick: false,
         json: false,
+        markdown: false,
         child_fp_control: false,
         callgrind: None,
         only: Vec::new(),
@@ -57,6 +60,7 @@ fn parse_args() -> Result<Args, String> {
         match a.as_str() {
             "--quick" => args.quick = true,
             "--json" => args.json = true,
+            "--markdown" => args.markdown = true,
             "--child-fp-control" => args.child_fp_control = true,
             "--callgrind" => {
                 let case = it.next().ok_or("--callgrind needs a case name")?;
@@ -77,7 +81,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--help" | "-h" => {
                 return Err(format!(
-                    "usage: compare [--quick] [--json] [--only <section>,...]\n       \
+                    "usage: compare [--quick] [--json | --markdown] [--only <section>,...]\n       \
                      compare --callgrind <case> <n>\n\
                      sections: {SECTIONS:?}\n\
                      round-trip cases: {:?}",
@@ -145,6 +149,8 @@ pub fn main() {
     targets(&mut report);
     if args.json {
         print!("{}", report.json());
+    } else if args.markdown {
+        print!("{}", report.markdown());
     } else {
         print!("{}", report.table());
     }
