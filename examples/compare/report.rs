@@ -301,7 +301,7 @@ impl Report {
             for p in &self.parked {
                 let _ = writeln!(
                     out,
-                    "  {:<16} {} parked, {} stacks: {} resident, {:.2} mappings each; \
+                    "  {:<24} {} parked, {} stacks: {} resident, {:.2} mappings each; \
                      fit: ~{} (limited by {})",
                     p.name,
                     p.count,
