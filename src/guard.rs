@@ -69,7 +69,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::arch::call_on_stack;
-use crate::stack::lookup::locate;
+use crate::stack::lookup::{locate, thread_stack_cached};
 use crate::{Error, StackBounds};
 
 pub use report::{peak_report, reset_peaks, PeakEntry, PeakReport};
@@ -301,23 +301,64 @@ pub fn with_stack_budget<R>(budget: usize, f: impl FnOnce() -> R) -> Result<R, E
     StackGuard::new("with_stack_budget", budget).run(f)
 }
 
-/// A guarded call in progress on this thread, linked to the one it is
-/// nested in. Lives in `guarded_call`'s frame on the caller's stack, so it
-/// outlives the call; the fault handler reads the chain.
+/// A guarded call in progress on this thread, as the fault handler reports
+/// it.
+#[derive(Clone, Copy)]
 pub(crate) struct ActiveGuard {
     pub(crate) name: &'static str,
     pub(crate) budget: usize,
     pub(crate) bounds: StackBounds,
     /// The lowered stack pointer `f` started from.
     pub(crate) sp: usize,
-    pub(crate) outer: *const ActiveGuard,
+}
+
+/// How many nested guarded calls per thread the fault handler can name
+/// (deeper ones still run and are enforced, only not named).
+pub(crate) const MAX_NESTED: usize = 8;
+
+const NO_GUARD: ActiveGuard = ActiveGuard {
+    name: "",
+    budget: 0,
+    bounds: StackBounds {
+        low: 0,
+        high: 0,
+        guard: 0,
+    },
+    sp: 0,
+};
+
+/// The guarded calls running on this thread, outermost first, kept by value
+/// in thread-local storage (never pointers into stacks: a fiber that is
+/// suspended inside a guarded call, then dropped, leaves nothing dangling
+/// for the signal handler to follow).
+pub(crate) struct ActiveGuards {
+    pub(crate) depth: Cell<usize>,
+    pub(crate) entries: [Cell<ActiveGuard>; MAX_NESTED],
 }
 
 thread_local! {
-    /// The innermost guarded call running on this thread, or null.
     /// Constant-initialised and without a destructor: readable from a
     /// signal handler.
-    pub(crate) static ACTIVE: Cell<*const ActiveGuard> = const { Cell::new(std::ptr::null()) };
+    pub(crate) static ACTIVE: ActiveGuards = const {
+        ActiveGuards {
+            depth: Cell::new(0),
+            entries: [const { Cell::new(NO_GUARD) }; MAX_NESTED],
+        }
+    };
+}
+
+impl ActiveGuards {
+    fn push(&self, guard: ActiveGuard) {
+        let depth = self.depth.get();
+        if let Some(entry) = self.entries.get(depth) {
+            entry.set(guard);
+        }
+        self.depth.set(depth + 1);
+    }
+
+    fn pop(&self) {
+        self.depth.set(self.depth.get().saturating_sub(1));
+    }
 }
 
 /// What the budget stack's entry frame shares with the caller.
@@ -373,9 +414,14 @@ fn guarded_call<F: FnOnce() -> R, R>(
         });
     }
     let sp = stack_pointer();
-    let bounds = match locate(sp) {
-        Some(location) => location.bounds(),
-        None => return Err(Error::UnknownStack),
+    // A thread's own stack never overlaps a pool slot: check the cached
+    // one first and skip the region table on thread stacks.
+    let bounds = match thread_stack_cached().filter(|b| b.contains(sp)) {
+        Some(thread) => thread,
+        None => match locate(sp) {
+            Some(location) => location.bounds(),
+            None => return Err(Error::UnknownStack),
+        },
     };
     if budget > bounds.size() {
         return Err(Error::BudgetTooLarge {
@@ -403,14 +449,14 @@ fn guarded_call<F: FnOnce() -> R, R>(
         }
     }
 
-    let active = ActiveGuard {
-        name,
-        budget,
-        bounds,
-        sp: new_sp,
-        outer: ACTIVE.with(Cell::get),
-    };
-    ACTIVE.with(|a| a.set(&active));
+    ACTIVE.with(|a| {
+        a.push(ActiveGuard {
+            name,
+            budget,
+            bounds,
+            sp: new_sp,
+        })
+    });
     let mut call = Call {
         f: Some(f),
         out: None,
@@ -426,7 +472,7 @@ fn guarded_call<F: FnOnce() -> R, R>(
             new_sp as *mut u8,
         );
     }
-    ACTIVE.with(|a| a.set(active.outer));
+    ACTIVE.with(ActiveGuards::pop);
 
     if measure {
         // SAFETY: we painted `low..painted_top` and the call is over; the
@@ -466,4 +512,42 @@ unsafe fn deepest_touched(low: usize, top: usize) -> usize {
         addr += 1;
     }
     top
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mode_names() {
+        assert_eq!(GuardMode::parse("off"), Some(GuardMode::Off));
+        assert_eq!(GuardMode::parse("Enforce\n"), Some(GuardMode::Enforce));
+        assert_eq!(GuardMode::parse("MEASURE"), Some(GuardMode::Measure));
+        assert_eq!(GuardMode::parse(""), None);
+        assert_eq!(GuardMode::parse("enforced"), None);
+        for mode in [GuardMode::Off, GuardMode::Enforce, GuardMode::Measure] {
+            assert_eq!(GuardMode::from_u8(mode.to_u8()), Some(mode));
+        }
+        assert_eq!(GuardMode::from_u8(0), None);
+    }
+
+    #[test]
+    fn deepest_touched_finds_the_lowest_changed_byte() {
+        #[repr(align(8))]
+        struct Buf([u8; 64]);
+        let mut buf = Buf([PAINT; 64]);
+        let low = buf.0.as_ptr() as usize;
+        // SAFETY: the buffer is readable and 8-byte aligned.
+        let untouched = unsafe { deepest_touched(low, low + 64) };
+        assert_eq!(untouched, low + 64);
+        buf.0[45] = 0;
+        buf.0[30] = 1;
+        // SAFETY: as above.
+        let found = unsafe { deepest_touched(buf.0.as_ptr() as usize, low + 64) };
+        assert_eq!(found, low + 30);
+        // Only the part asked about is scanned.
+        // SAFETY: as above.
+        let part = unsafe { deepest_touched(low, low + 29) };
+        assert_eq!(part, low + 29);
+    }
 }

@@ -43,6 +43,10 @@ use ::wasmtime::{StackCreator, StackMemory};
 use crate::stack::{round_up_to_page, Stack};
 use crate::{page_size, Error, PooledStack, StackPool};
 
+/// The host-function stack guard for Wasmtime (defined in
+/// [`guard::wasmtime`](crate::guard::wasmtime)).
+pub use crate::guard::wasmtime::{Guarded, HostGuard, WASMTIME_FRAMES};
+
 impl StackPool {
     /// This pool as Wasmtime's stack creator, for
     /// [`Config::with_host_stack`](::wasmtime::Config::with_host_stack).
@@ -129,7 +133,3 @@ mod tests {
         assert_eq!(s.guard_range(), b.guard as *mut u8..b.low as *mut u8);
     }
 }
-
-/// The host-function stack guard for Wasmtime (defined in
-/// [`guard::wasmtime`](crate::guard::wasmtime)).
-pub use crate::guard::wasmtime::{Guarded, HostGuard, WASMTIME_FRAMES};

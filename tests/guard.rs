@@ -12,7 +12,10 @@ use std::panic;
 use std::process::Command;
 
 use stackswitch::guard::{self, GuardMode, StackGuard, MIN_BUDGET};
-use stackswitch::{remaining_stack, Error, Fiber, MmapStack, Suspender};
+use stackswitch::{
+    locate, remaining_stack, Error, Fiber, MmapStack, PoolConfig, StackLocation, StackPool,
+    Suspender,
+};
 
 /// The budget most tests give.
 const BUDGET: usize = 64 << 10;
@@ -104,7 +107,7 @@ fn budget_is_exact_on_thread_stack() {
         for depth in [0usize, 100, 2000] {
             let left = deep(depth, &|| guard.run(|| remaining_stack().unwrap()).unwrap());
             assert!(
-                left <= BUDGET && left >= BUDGET - SLACK,
+                (BUDGET - SLACK..=BUDGET).contains(&left),
                 "depth {depth}: {left} bytes left of a {BUDGET}-byte budget"
             );
         }
@@ -124,6 +127,87 @@ fn deep<R>(n: usize, f: &dyn Fn() -> R) -> R {
     let r = deep(n - 1, f);
     black_box(pad);
     r
+}
+
+/// Runs `f` on a fiber whose stack is a slot of a fresh 256 KiB pool.
+fn on_pool_fiber<R: 'static>(f: impl FnOnce() -> R + 'static) -> R {
+    let pool = StackPool::new(PoolConfig::default().stack_size(256 << 10).capacity(2)).unwrap();
+    let mut fiber = Fiber::with_stack(
+        pool.acquire().unwrap(),
+        move |_: (), _: &Suspender<(), ()>| f(),
+    )
+    .unwrap();
+    fiber.resume(()).returned().unwrap()
+}
+
+#[test]
+fn budget_is_exact_on_pool_stack() {
+    on_pool_fiber(|| {
+        let here = 0u8;
+        assert!(matches!(
+            locate(black_box(&here) as *const u8 as usize),
+            Some(StackLocation::PoolSlot { .. })
+        ));
+        let guard = StackGuard::new("exact_pool", BUDGET).mode(GuardMode::Enforce);
+        for depth in [0usize, 50, 150] {
+            let left = deep(depth, &|| guard.run(|| remaining_stack().unwrap()).unwrap());
+            assert!(
+                (BUDGET - SLACK..=BUDGET).contains(&left),
+                "depth {depth}: {left} bytes left of a {BUDGET}-byte budget"
+            );
+        }
+        assert_eq!(guard.run(use_stack::<{ BUDGET - SLACK }>).unwrap(), 0);
+        // Measure on a pool slot too.
+        let measure = StackGuard::new("measured_pool", BUDGET).mode(GuardMode::Measure);
+        measure.run(use_stack::<20_000>).unwrap();
+        let e = guard::peak_report().get("measured_pool").cloned().unwrap();
+        assert!((20_000..=20_000 + SLACK).contains(&e.peak), "{}", e.peak);
+    });
+}
+
+#[test]
+fn over_budget_faults_on_pool_stack() {
+    const NAME: &str = "over_budget_faults_on_pool_stack";
+    if is_child(NAME) {
+        on_pool_fiber(|| {
+            let guard = StackGuard::new("h_pool", BUDGET).mode(GuardMode::Enforce);
+            guard.run(use_stack::<{ BUDGET + PAGE }>).unwrap();
+        });
+        unreachable!("the guarded call must fault");
+    }
+    let child = run_child(NAME, &[]);
+    assert_eq!(
+        child.signal,
+        Some(libc::SIGABRT),
+        "status: {:?}",
+        child.code
+    );
+    assert!(child
+        .stderr
+        .contains("guarded host function `h_pool` overflowed its stack budget of 65536 bytes"));
+    assert!(child.stderr.contains("in the guard region of pool region"));
+    assert!(child.stderr.contains("slot 0"));
+}
+
+#[test]
+fn pool_overflow_outside_a_guard_is_still_reported() {
+    const NAME: &str = "pool_overflow_outside_a_guard_is_still_reported";
+    if is_child(NAME) {
+        guard::install_fault_handler().unwrap();
+        on_pool_fiber(use_stack::<{ 512 << 10 }>);
+        unreachable!("the fiber must overflow");
+    }
+    let child = run_child(NAME, &[]);
+    assert_eq!(
+        child.signal,
+        Some(libc::SIGABRT),
+        "status: {:?}",
+        child.code
+    );
+    assert!(child
+        .stderr
+        .contains("stack overflow with no guarded host function active on this stack"));
+    assert!(child.stderr.contains("pool region"));
 }
 
 #[test]
@@ -149,6 +233,33 @@ fn over_budget_faults_on_thread_stack() {
     assert!(child
         .stderr
         .contains("in the guard region of this thread's stack"));
+}
+
+#[test]
+fn nested_overflow_names_the_innermost_guard() {
+    const NAME: &str = "nested_overflow_names_the_innermost_guard";
+    if is_child(NAME) {
+        on_thread(1 << 20, || {
+            let outer = StackGuard::new("outer_fn", BUDGET).mode(GuardMode::Enforce);
+            let inner = StackGuard::new("inner_fn", 16 << 10).mode(GuardMode::Enforce);
+            outer
+                .run(|| inner.run(use_stack::<{ 20 << 10 }>))
+                .unwrap()
+                .unwrap();
+        });
+        unreachable!("the inner call must fault");
+    }
+    let child = run_child(NAME, &[]);
+    assert_eq!(
+        child.signal,
+        Some(libc::SIGABRT),
+        "status: {:?}",
+        child.code
+    );
+    assert!(child
+        .stderr
+        .contains("`inner_fn` overflowed its stack budget of 16384 bytes"));
+    assert!(!child.stderr.contains("outer_fn"));
 }
 
 #[test]
@@ -272,7 +383,7 @@ fn values_come_back_and_guards_nest() {
         })
         .unwrap();
     assert_eq!(s, "from the budget stack");
-    assert!(inner_left <= 16 << 10 && inner_left >= (16 << 10) - SLACK);
+    assert!(((16 << 10) - SLACK..=16 << 10).contains(&inner_left));
     // A nested budget larger than what the outer one has left is refused.
     let err = outer.run(|| {
         StackGuard::new("too_big", BUDGET)
@@ -310,7 +421,7 @@ fn measure_reports_the_peak() {
         let e = report.get("measured_h").unwrap();
         assert_eq!((e.calls, e.budget), (4, BUDGET));
         assert!(
-            e.peak >= X && e.peak <= X + SLACK,
+            (X..=X + SLACK).contains(&e.peak),
             "peak {} for a function using {X}",
             e.peak
         );

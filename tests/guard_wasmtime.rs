@@ -22,7 +22,7 @@ use std::task::{Context, Poll};
 use stackswitch::guard::{self, GuardMode, StackGuard};
 use stackswitch::wasmtime::{HostGuard, WASMTIME_FRAMES};
 use stackswitch::{remaining_stack, Error, PoolConfig, StackPool};
-use wasmtime::{Caller, Config, Engine, Instance, Linker, Module, StackCreator, Store};
+use wasmtime::{Caller, Config, Engine, Instance, Linker, Module, Store};
 
 /// Wasmtime's fiber stack size and the guest's limit in these tests.
 const ASYNC_STACK: usize = 256 << 10;
@@ -94,13 +94,14 @@ fn below() -> u8 {
     eat(target)
 }
 
-/// Uses about `n` bytes of stack in 4 KiB frames.
+/// Uses at most about `n` bytes of stack, in frames of a little under
+/// 4 KiB (3.5 KiB of buffer plus the frame itself, whatever the build).
 #[inline(never)]
 fn eat(n: usize) -> u8 {
     if n < 4096 {
         return 0;
     }
-    let mut buf = [0u8; 4000];
+    let mut buf = [0u8; 3584];
     black_box(&mut buf);
     eat(n - 4096).wrapping_add(buf[7])
 }
@@ -420,7 +421,7 @@ fn measure_reports_a_peak_for_h() {
     let report = guard::peak_report();
     let e = report.get("h_measured").unwrap();
     assert_eq!((e.calls, e.budget), (2, budget()));
-    assert!(e.peak >= X && e.peak <= X + SLACK, "peak {}", e.peak);
+    assert!((X..=X + SLACK).contains(&e.peak), "peak {}", e.peak);
     println!("{report}");
 }
 
@@ -473,7 +474,7 @@ fn async_host_function_polls_each_run_under_the_budget() {
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 4);
     for left in &seen {
-        assert!(*left <= budget() && *left >= budget() - SLACK, "{left}");
+        assert!((budget() - SLACK..=budget()).contains(left), "{left}");
     }
     let e = guard::peak_report().get("h_async").cloned().unwrap();
     assert_eq!(e.calls, 4, "one measured call per poll");

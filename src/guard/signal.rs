@@ -336,29 +336,22 @@ pub unsafe fn handle_fault(
 }
 
 /// The innermost guarded call on this thread running on the stack `bounds`.
-fn active_guard_on(bounds: StackBounds) -> Option<&'static ActiveGuard> {
-    let mut p = ACTIVE.try_with(Cell::get).ok()?;
-    while !p.is_null() {
-        // SAFETY: every pointer in the chain is an ActiveGuard in the frame
-        // of a guarded call still running on this thread (it unlinks itself
-        // before returning); we only read it while the thread is stopped in
-        // this handler.
-        let g = unsafe { &*p };
-        if g.bounds == bounds {
-            return Some(g);
-        }
-        p = g.outer;
-    }
-    None
+fn active_guard_on(bounds: StackBounds) -> Option<ActiveGuard> {
+    ACTIVE
+        .try_with(|active| {
+            let depth = active.depth.get().min(active.entries.len());
+            active.entries[..depth]
+                .iter()
+                .rev()
+                .map(Cell::get)
+                .find(|g| g.bounds == bounds)
+        })
+        .ok()
+        .flatten()
 }
 
 /// Writes the fault report to stderr without allocating.
-fn report(
-    signum: libc::c_int,
-    addr: usize,
-    location: &StackLocation,
-    active: Option<&ActiveGuard>,
-) {
+fn report(signum: libc::c_int, addr: usize, location: &StackLocation, active: Option<ActiveGuard>) {
     let mut m = Message::new();
     m.str("\nstackswitch: ");
     match active {
