@@ -8,12 +8,13 @@
 //! cargo run --release --example compare -- --quick           # smoke run (CI)
 //! cargo run --release --example compare -- --json            # for tools
 //! cargo run --release --example compare -- --markdown        # README table
+//! cargo run --release --example compare -- --only round-trip  # one section
 //! ```
 //!
-//! Without `fp-control`, the run also builds and starts a child
-//! (`cargo run --release --features fp-control --example
-//! compare_fp_control -- --child-fp-control`) that measures stackswitch with `fp-control` and
-//! `context` side by side, and merges its rows into the table.
+//! Without `fp-control` (and without `--quick`), the run also builds and
+//! starts a child (`cargo run --release --features fp-control --example
+//! compare_fp_control -- --child-fp-control`) that measures stackswitch with
+//! `fp-control` and `context` side by side; its rows join the table.
 //!
 //! `--callgrind <case> <n>` only runs `n` operations of one round-trip,
 //! create or guard case, untimed (for `scripts/callgrind.sh`, perf, strace).
