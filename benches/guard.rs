@@ -17,6 +17,8 @@ fn host_function(x: u64) -> u64 {
 
 fn guard_modes(c: &mut Criterion) {
     let mut group = c.benchmark_group("guard");
+    // The baseline `off` is compared with: the bare call.
+    group.bench_function("direct", |b| b.iter(|| host_function(black_box(7))));
     for (label, mode) in [
         ("off", GuardMode::Off),
         ("enforce", GuardMode::Enforce),

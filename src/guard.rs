@@ -461,10 +461,10 @@ fn guarded_call<F: FnOnce() -> R, R>(
         f: Some(f),
         out: None,
     };
-    // SAFETY: new_sp is 16-byte aligned, at least SWITCH_RESERVE below our
-    // stack pointer (checked above), and `low..new_sp` is mapped stack that
-    // ends in the stack's guard region; nothing live is in it. The entry
-    // function catches every panic, so nothing unwinds through the switch.
+    // The entry function catches every panic: nothing unwinds through the
+    // switch. `call` lives in this frame until call_on_stack returns.
+    // SAFETY: new_sp is 16-byte aligned, SWITCH_RESERVE below our sp (checked
+    // above); `low..new_sp` is unused mapped stack ending in the guard region.
     unsafe {
         call_on_stack(
             (&raw mut call).cast(),

@@ -552,3 +552,34 @@ fn store_hook_reports_when_wasmtime_handler_runs_first() {
         .stderr
         .contains("execution on async fiber has overflowed its stack"));
 }
+
+/// Our handler installed after Wasmtime's runs first on every fault: a
+/// wasm trap (an out-of-bounds load faulting in linear memory's guard
+/// region) must still reach Wasmtime and come back as a trap.
+#[test]
+fn wasm_traps_still_reach_wasmtime_through_our_handler() {
+    const NAME: &str = "wasm_traps_still_reach_wasmtime_through_our_handler";
+    if child_arg(NAME).is_some() {
+        let engine = engine(true); // Wasmtime's handler first...
+        guard::install_fault_handler().unwrap(); // ...then ours, in front of it
+        let oob = r#"(module (memory 1)
+            (func (export "load") (param i32) (result i32) (i32.load (local.get 0))))"#;
+        let module = Module::new(&engine, oob).unwrap();
+        let mut store = Store::new(&engine, ());
+        let trap = futures::executor::block_on(async {
+            let instance = Instance::new_async(&mut store, &module, &[]).await.unwrap();
+            let load = instance
+                .get_typed_func::<i32, i32>(&mut store, "load")
+                .unwrap();
+            assert_eq!(load.call_async(&mut store, 8).await.unwrap(), 0);
+            load.call_async(&mut store, 1 << 30).await.unwrap_err()
+        });
+        let trap = trap.downcast::<wasmtime::Trap>().unwrap();
+        assert_eq!(trap, wasmtime::Trap::MemoryOutOfBounds);
+        eprintln!("TRAPPED AS EXPECTED");
+        return;
+    }
+    let child = run_child(NAME, "go");
+    assert_eq!(child.code, Some(0), "signal {:?}", child.signal);
+    assert!(child.stderr.contains("TRAPPED AS EXPECTED"));
+}
