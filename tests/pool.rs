@@ -2,9 +2,10 @@
 //! resident-memory policy, many threads, exhaustion, guard VMAs, and no
 //! system call on a warm fiber.
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
+
+mod common;
 
 use stackswitch::{
     locate, remaining_stack, Error, Fiber, FiberResult, GuardKind, PoolConfig, Stack, StackBounds,
@@ -458,8 +459,7 @@ fn pool_vma_count_does_not_grow_with_stacks_when_guards_are_markers() {
 
 #[test]
 fn mprotect_guards_cost_two_vmas_per_stack() {
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new(exe)
+    let out = common::self_command()
         .args([
             "--exact",
             "mprotect_guard_vmas_in_child",
@@ -500,9 +500,12 @@ fn mprotect_guard_vmas_in_child() {
 }
 
 #[test]
+#[cfg_attr(
+    target_arch = "aarch64",
+    ignore = "aarch64 runs under qemu-user, which does not emulate seccomp (PR_SET_SECCOMP: EINVAL)"
+)]
 fn warm_fiber_makes_no_system_call() {
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new(exe)
+    let out = common::self_command()
         .args([
             "--exact",
             "warm_fiber_under_seccomp_in_child",
@@ -609,4 +612,81 @@ fn warm_fiber_under_seccomp_in_child() {
     // Leave now: the test harness's own teardown would unmap memory.
     // SAFETY: ends the process; nothing needs to run after this.
     unsafe { libc::_exit(0) };
+}
+
+#[test]
+fn trim_releases_what_the_canaries_missed() {
+    let keep = 64 << 10;
+    let pool = StackPool::new(
+        PoolConfig::default()
+            .stack_size(256 << 10)
+            .resident(keep)
+            .capacity(2),
+    )
+    .unwrap();
+    let stack = pool.acquire().unwrap();
+    let b = stack.bounds();
+    let limit = b.high - keep;
+    // Dirty the deep part only, skipping the canary page just above the
+    // limit: the heuristic cannot see it.
+    // SAFETY: low..limit of the stack we hold.
+    unsafe { std::ptr::write_bytes(b.low as *mut u8, 9, limit - b.low) };
+    drop(stack);
+    assert!(resident_pages(b.low, limit - b.low).iter().all(|&r| r));
+    assert_eq!(pool.trim(), 1);
+    assert!(resident_pages(b.low, limit - b.low).iter().all(|&r| !r));
+    // The slot still works and comes back first.
+    let again = pool.acquire().unwrap();
+    assert_eq!(again.bounds(), b);
+}
+
+/// Runs `name` (an ignored test of this binary) in a child process and
+/// returns the signal that ended it.
+fn child_signal(name: &str, guard: Option<&str>) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    let mut cmd = common::self_command();
+    cmd.args(["--exact", name, "--ignored", "--test-threads=1"]);
+    if let Some(g) = guard {
+        cmd.env("STACKSWITCH_GUARD", g);
+    }
+    cmd.output().unwrap().status.signal()
+}
+
+#[test]
+fn touching_a_slot_guard_faults_with_markers_and_with_mprotect() {
+    assert_eq!(
+        child_signal("touch_guard_in_child", None),
+        Some(libc::SIGSEGV)
+    );
+    assert_eq!(
+        child_signal("touch_guard_in_child", Some("mprotect")),
+        Some(libc::SIGSEGV)
+    );
+}
+
+#[test]
+#[ignore = "run in a child process by touching_a_slot_guard_faults_with_markers_and_with_mprotect"]
+fn touch_guard_in_child() {
+    let pool = StackPool::new(PoolConfig::default().stack_size(64 << 10).capacity(2)).unwrap();
+    let stack = pool.acquire().unwrap();
+    let b = stack.bounds();
+    // SAFETY: a write into the guard region, on purpose and in a child
+    // process: it faults before any memory changes, which is what the
+    // parent test checks.
+    unsafe { ((b.low - 1) as *mut u8).write_volatile(1) };
+    // Only reached if the guard did not fault.
+    std::process::exit(0);
+}
+
+#[test]
+fn pools_and_stacks_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<StackPool>();
+    send_sync::<stackswitch::PooledStack>();
+    // A stack acquired on one thread is returned from another.
+    let pool = StackPool::new(PoolConfig::default().stack_size(64 << 10).capacity(1)).unwrap();
+    let stack = pool.acquire().unwrap();
+    std::thread::spawn(move || drop(stack)).join().unwrap();
+    assert_eq!(pool.in_use(), 0);
+    assert!(pool.acquire().is_ok());
 }

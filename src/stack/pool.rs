@@ -266,6 +266,14 @@ impl Drop for Inner {
 /// cannot tell: a zeroed stack carries none). A slot remembers being clean,
 /// so a zeroed acquire of a clean slot costs nothing and a never-used slot
 /// is never zeroed.
+///
+/// Why this split: measured on a 1 MiB stack used 16 KiB deep, a zeroed
+/// acquire + use + release costs about 4 µs with a 64 KiB resident part
+/// (1.7 µs with 16 KiB), against 20 µs for `MADV_DONTNEED` of the whole
+/// stack (its pages fault in again on the next use) and 26 µs for a
+/// `memset` of all of it. A use deeper than the resident part pays for the
+/// faults beyond it (60 µs at 128 KiB deep, where a full `memset` costs
+/// 29 µs): size [`PoolConfig::resident`] to what the stacks usually use.
 pub struct StackPool {
     inner: Arc<Inner>,
 }

@@ -1,0 +1,43 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::process::Command;
+
+/// A command that runs this test binary again, for tests that must crash,
+/// or change process-wide state, in a child process. An aarch64 test binary
+/// under qemu-user (how the aarch64 tests run, see `.cargo/config.toml`)
+/// cannot exec another aarch64 binary without binfmt_misc, so there the
+/// child goes through the same emulator: the runner says which in
+/// `STACKSWITCH_TEST_RUNNER`, and a process emulated by qemu is named
+/// `qemu-aarch64` whatever started it.
+pub fn self_command() -> Command {
+    let exe = std::env::current_exe().expect("path of the test binary");
+    let runner = std::env::var("STACKSWITCH_TEST_RUNNER").unwrap_or_default();
+    let comm = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
+    let runner = if !runner.trim().is_empty() {
+        runner
+    } else if comm.trim() == "qemu-aarch64" {
+        "qemu-aarch64 -L /usr/aarch64-linux-gnu".to_string()
+    } else {
+        String::new()
+    };
+    let mut parts = runner.split_whitespace();
+    match parts.next() {
+        Some(program) => {
+            let mut cmd = Command::new(program);
+            cmd.args(parts).arg(exe);
+            cmd
+        }
+        None => Command::new(exe),
+    }
+}
+
+/// Runs the test named `test` alone in a child process with `env_var` set,
+/// and returns its output.
+pub fn run_child(test: &str, env_var: &str) -> std::process::Output {
+    self_command()
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(env_var, "1")
+        .output()
+        .expect("spawn the test binary")
+}
