@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Instructions per resume + suspend round trip, counted by callgrind (the
 # figure that does not move with machine load), for stackswitch and
-# corosensei (and any other round-trip case named on the command line).
+# corosensei -- or per operation of any cases of the compare example named
+# on the command line (round trips, create-*, guard-*; see `compare --help`).
+# The first case is the one the others are divided by.
 #
-# Each case runs N and then 2N round trips in `examples/compare --callgrind`;
-# the difference of the two totals is N round trips with every bit of setup
+# Each case runs N and then 2N operations in `examples/compare --callgrind`;
+# the difference of the two totals is N operations with every bit of setup
 # and teardown cancelled out.
 #
 #   scripts/callgrind.sh                       # stackswitch, corosensei
-#   scripts/callgrind.sh stackswitch context   # any cases of the compare example
+#   scripts/callgrind.sh stackswitch context   # other round-trip cases
+#   N=10000 scripts/callgrind.sh create-stackswitch-pooled create-corosensei-reused
 #   FEATURES=fp-control scripts/callgrind.sh   # with fp-control
 #   N=200000 scripts/callgrind.sh
 set -euo pipefail
@@ -23,7 +26,8 @@ cases=("$@")
 
 feature_args=()
 [ -n "$FEATURES" ] && feature_args=(--features "$FEATURES")
-cargo build --quiet --release "${feature_args[@]}" --example compare
+cargo build --quiet --release "${feature_args[@]}" --example compare 2>/dev/null ||
+    cargo build --release "${feature_args[@]}" --example compare
 bin=target/release/examples/compare
 
 tmp=$(mktemp -d)
@@ -37,14 +41,14 @@ count() {
     awk '/^summary:|^totals:/ { print $2; exit }' "$out"
 }
 
-printf 'callgrind, instructions per round trip (N=%d, 2N-N difference; features: %s)\n' \
+printf 'callgrind, instructions per operation (N=%d, 2N-N difference; features: %s)\n' \
     "$N" "${FEATURES:-none}"
 declare -A per
 for c in "${cases[@]}"; do
     a=$(count "$c" "$N")
     b=$(count "$c" $((2 * N)))
     per[$c]=$(awk -v a="$a" -v b="$b" -v n="$N" 'BEGIN { printf "%.2f", (b - a) / n }')
-    printf '  %-16s %8s instructions\n' "$c" "${per[$c]}"
+    printf '  %-26s %8s instructions\n' "$c" "${per[$c]}"
 done
 base=${cases[0]}
 for c in "${cases[@]:1}"; do

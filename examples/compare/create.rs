@@ -4,7 +4,7 @@
 
 use std::hint::black_box;
 
-use stackswitch::{Fiber, FiberResult, MmapStack, Suspender};
+use stackswitch::{Fiber, FiberResult, MmapStack, PoolConfig, StackPool, Suspender};
 
 use super::harness::{Case, Op};
 
@@ -14,6 +14,10 @@ pub const STACK: usize = 64 << 10;
 /// The cases that exist in this build, as (key, table name); the first is
 /// the baseline.
 pub const CASES: &[(&str, &str)] = &[
+    (
+        "create-stackswitch-pooled",
+        "stackswitch, pooled stack (StackPool)",
+    ),
     (
         "create-stackswitch-reused",
         "stackswitch, reused stack (into_stack)",
@@ -28,6 +32,7 @@ pub const CASES: &[(&str, &str)] = &[
 /// The operation "n fibers created, run and dropped" of one case.
 pub fn op(key: &str) -> Option<Op> {
     Some(match key {
+        "create-stackswitch-pooled" => stackswitch_pooled(),
         "create-stackswitch-reused" => stackswitch_reused(),
         "create-stackswitch-fresh" => stackswitch_fresh(),
         "create-corosensei-reused" => corosensei_reused(),
@@ -50,7 +55,23 @@ fn body(x: u64) -> u64 {
     x.wrapping_add(1)
 }
 
-pub fn stackswitch_reused() -> Op {
+/// Acquire from a warm pool, run, drop (which hands the stack back).
+fn stackswitch_pooled() -> Op {
+    let pool = StackPool::new(PoolConfig::default().stack_size(STACK).capacity(16)).expect("pool");
+    Box::new(move |n| {
+        for i in 0..n {
+            let s = pool.acquire().expect("pool stack");
+            let mut f =
+                Fiber::with_stack(s, |x: u64, _: &Suspender<u64, ()>| body(x)).expect("fiber");
+            match f.resume(black_box(i)) {
+                FiberResult::Return(r) => black_box(r),
+                FiberResult::Yield(()) => unreachable!(),
+            };
+        }
+    })
+}
+
+fn stackswitch_reused() -> Op {
     let mut stack = Some(MmapStack::new(STACK).expect("stack"));
     Box::new(move |n| {
         for i in 0..n {

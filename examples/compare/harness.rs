@@ -1,7 +1,9 @@
 //! Timing: every case of a group is calibrated, warmed up, then sampled in
 //! rounds that visit the cases in turn, so noise from the rest of the
 //! machine falls on all of them alike. A sample is one batch of operations;
-//! its time per operation is what the statistics are taken over.
+//! its time per operation is what the statistics are taken over. Batches
+//! are short (1 ms, well under a scheduler time slice) and many, so that
+//! most pairs of samples run undisturbed even on a busy machine.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
@@ -21,15 +23,15 @@ pub struct Plan {
 impl Plan {
     pub fn full() -> Self {
         Plan {
-            batch: Duration::from_millis(10),
-            samples: 31,
+            batch: Duration::from_millis(1),
+            samples: 101,
         }
     }
 
     pub fn quick() -> Self {
         Plan {
-            batch: Duration::from_millis(2),
-            samples: 7,
+            batch: Duration::from_millis(1),
+            samples: 15,
         }
     }
 }

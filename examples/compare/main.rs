@@ -7,17 +7,20 @@
 //! cargo run --release --features wasmtime --example compare  # + Wasmtime rows
 //! cargo run --release --example compare -- --quick           # smoke run (CI)
 //! cargo run --release --example compare -- --json            # for tools
+//! cargo run --release --example compare -- --markdown        # README table
+//! cargo run --release --example compare -- --only round-trip  # one section
 //! ```
 //!
-//! Without `fp-control`, the run also builds and starts a child
-//! (`cargo run --release --features fp-control --example
-//! compare_fp_control -- --child-fp-control`) that measures stackswitch with `fp-control` and
-//! `context` side by side, and merges its rows into the table.
+//! Without `fp-control` (and without `--quick`), the run also builds and
+//! starts a child (`cargo run --release --features fp-control --example
+//! compare_fp_control -- --child-fp-control`) that measures stackswitch with
+//! `fp-control` and `context` side by side; its rows join the table.
 //!
-//! `--callgrind <case> <n>` only runs `n` operations of one round-trip or
-//! create case, untimed (for `scripts/callgrind.sh`, perf and strace).
+//! `--callgrind <case> <n>` only runs `n` operations of one round-trip,
+//! create or guard case, untimed (for `scripts/callgrind.sh`, perf, strace).
 
 mod create;
+mod guard;
 mod harness;
 mod memory;
 mod report;
@@ -34,6 +37,7 @@ use report::{Report, Row, Target};
 struct Args {
     quick: bool,
     json: bool,
+    markdown: bool,
     child_fp_control: bool,
     callgrind: Option<(String, u64)>,
     /// Only these sections (all when empty).
@@ -47,6 +51,7 @@ fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         quick: false,
         json: false,
+        markdown: false,
         child_fp_control: false,
         callgrind: None,
         only: Vec::new(),
@@ -56,6 +61,7 @@ fn parse_args() -> Result<Args, String> {
         match a.as_str() {
             "--quick" => args.quick = true,
             "--json" => args.json = true,
+            "--markdown" => args.markdown = true,
             "--child-fp-control" => args.child_fp_control = true,
             "--callgrind" => {
                 let case = it.next().ok_or("--callgrind needs a case name")?;
@@ -76,7 +82,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--help" | "-h" => {
                 return Err(format!(
-                    "usage: compare [--quick] [--json] [--only <section>,...]\n       \
+                    "usage: compare [--quick] [--json | --markdown] [--only <section>,...]\n       \
                      compare --callgrind <case> <n>\n\
                      sections: {SECTIONS:?}\n\
                      round-trip cases: {:?}",
@@ -98,8 +104,13 @@ pub fn main() {
         }
     };
     if let Some((case, n)) = &args.callgrind {
-        let Some(mut op) = switch::op(case).or_else(|| create::op(case)) else {
-            let keys: Vec<&str> = create::CASES.iter().map(|(k, _)| *k).collect();
+        let Some(mut op) = switch::op(case)
+            .or_else(|| create::op(case))
+            .or_else(|| guard::op(case))
+        else {
+            let keys: Vec<&str> = (create::CASES.iter().chain(guard::CASES))
+                .map(|(k, _)| *k)
+                .collect();
             eprintln!("unknown case {case:?}; one of {:?} {keys:?}", switch::CASES);
             std::process::exit(2);
         };
@@ -129,7 +140,7 @@ pub fn main() {
         wasmtime_rows(&mut report, plan, &mut progress);
     }
     if wanted("guard") {
-        guard_rows(&mut report);
+        guard_rows(&mut report, plan, &mut progress);
     }
     if wanted("memory") {
         progress.say("memory: parking fibers");
@@ -139,6 +150,8 @@ pub fn main() {
     targets(&mut report);
     if args.json {
         print!("{}", report.json());
+    } else if args.markdown {
+        print!("{}", report.markdown());
     } else {
         print!("{}", report.table());
     }
@@ -253,11 +266,6 @@ fn run_fp_child() -> Result<Vec<(String, Stats)>, String> {
 const CREATE: &str = "create + first resume + finish + drop (64 KiB stack)";
 
 fn create_run_drop(report: &mut Report, plan: Plan, progress: &mut Progress) {
-    report.push(Row::pending(
-        CREATE,
-        "stackswitch, pooled stack (StackPool)",
-        "pending: the stack pool (branch pool) has not landed",
-    ));
     let mut cases = create::cases();
     let stats = measure("create", &mut cases, plan, progress);
     for (case, s) in cases.iter().zip(stats) {
@@ -265,20 +273,10 @@ fn create_run_drop(report: &mut Report, plan: Plan, progress: &mut Progress) {
     }
 }
 
-const WASM: &str = "Wasmtime call_async, new Store per call";
+const WASM: &str = "Wasmtime call_async, new Store per call (2 MiB async stacks)";
 
 #[cfg(feature = "wasmtime")]
 fn wasmtime_rows(report: &mut Report, plan: Plan, progress: &mut Progress) {
-    report.push(Row::pending(
-        WASM,
-        "stackswitch StackPool",
-        "pending: the stack pool (branch pool) has not landed",
-    ));
-    report.push(Row::pending(
-        WASM,
-        "stackswitch StackPool, zeroing",
-        "pending: the stack pool (branch pool) has not landed",
-    ));
     let mut cases = wasm::cases();
     let stats = measure("wasmtime", &mut cases, plan, progress);
     for (case, s) in cases.iter().zip(stats) {
@@ -295,16 +293,59 @@ fn wasmtime_rows(report: &mut Report, _: Plan, _: &mut Progress) {
     ));
 }
 
-const GUARD: &str = "host-function guard, per call";
-
-fn guard_rows(report: &mut Report) {
-    for mode in ["Off", "Enforce", "Measure"] {
-        report.push(Row::pending(
-            GUARD,
-            &format!("with_stack_budget, {mode}"),
-            "pending: the guard (branch guard) has not landed",
-        ));
+#[cfg(feature = "wasmtime")]
+fn wasmtime_targets(report: &mut Report) {
+    use wasm::{name, Stacks};
+    for (target, ours, theirs, limit) in [
+        (
+            "Wasmtime: our pool / default stacks <= 0.15",
+            name(Stacks::Ours, false),
+            name(Stacks::Default, false),
+            0.15,
+        ),
+        (
+            "Wasmtime: our pool / pooling allocator <= 0.95",
+            name(Stacks::Ours, false),
+            name(Stacks::Pooling, false),
+            0.95,
+        ),
+        (
+            "Wasmtime: our pool / default stacks, both zeroing <= 0.20",
+            name(Stacks::Ours, true),
+            name(Stacks::Default, true),
+            0.20,
+        ),
+    ] {
+        let ratio = report.ratio_of(WASM, &ours, &theirs);
+        report.targets.push(Target::at_most(target, ratio, limit));
     }
+}
+
+#[cfg(not(feature = "wasmtime"))]
+fn wasmtime_targets(report: &mut Report) {
+    for t in [
+        "Wasmtime: our pool / default stacks <= 0.15",
+        "Wasmtime: our pool / pooling allocator <= 0.95",
+        "Wasmtime: our pool / default stacks, both zeroing <= 0.20",
+    ] {
+        report
+            .targets
+            .push(Target::pending(t, "needs --features wasmtime"));
+    }
+}
+
+const GUARD: &str = "host-function guard, per call (16 KiB budget)";
+
+fn guard_rows(report: &mut Report, plan: Plan, progress: &mut Progress) {
+    let mut cases = guard::cases();
+    let stats = measure("guard", &mut cases, plan, progress);
+    for (case, s) in cases.iter().zip(stats) {
+        report.push(Row::measured(GUARD, case.name.clone(), s));
+    }
+    report.note(
+        GUARD,
+        "the guarded closure adds 1 to a u64; Measure paints the 16 KiB budget on every call",
+    );
 }
 
 /// The targets from DESIGN.md, each met, missed or not measured.
@@ -337,21 +378,17 @@ fn targets(report: &mut Report) {
         fp_ctx,
         1.0,
     ));
-    report.targets.push(Target::pending(
+    report.targets.push(Target::at_most(
         "create + run + drop on a pooled stack <= 10 ns",
-        "the stack pool has not landed",
+        report.stats(CREATE, create::CASES[0].1).map(|s| s.median),
+        10.0,
     ));
-    for t in [
-        "Wasmtime: our pool / default stacks <= 0.15",
-        "Wasmtime: our pool / pooling allocator <= 0.95",
-        "Wasmtime: our pool with zeroing / default stacks with zeroing <= 0.20",
-    ] {
-        report
-            .targets
-            .push(Target::pending(t, "the stack pool has not landed"));
-    }
-    report.targets.push(Target::pending(
-        "guard: Enforce - Off <= 5 ns per call",
-        "the guard has not landed",
+    wasmtime_targets(report);
+    let off = report.stats(GUARD, guard::OFF).map(|s| s.median);
+    let enforce = report.stats(GUARD, guard::ENFORCE).map(|s| s.median);
+    report.targets.push(Target::at_most(
+        "guard: Enforce - Off <= 5 ns per call (ns, in a fiber on a pool stack)",
+        off.zip(enforce).map(|(off, on)| on - off),
+        5.0,
     ));
 }

@@ -2,7 +2,7 @@
 //! suspended after touching only its first frames, and read the process's
 //! resident set and mapping count before and after.
 
-use stackswitch::{Fiber, FiberResult, Suspender, MIN_STACK_SIZE};
+use stackswitch::{Fiber, FiberResult, PoolConfig, StackPool, Suspender, MIN_STACK_SIZE};
 
 /// What parking `count` fibers cost.
 #[derive(Clone, Debug)]
@@ -85,8 +85,9 @@ fn measure<T>(name: &str, count: usize, stack_size: usize, mut park: impl FnMut(
     }
 }
 
-/// Parks `count` fibers of each crate in turn, with the smallest stack
-/// stackswitch accepts.
+/// Parks `count` fibers of each kind in turn (stackswitch on its own mmap'd
+/// stacks and on a pool, corosensei), with the smallest stack stackswitch
+/// accepts. The pool's region is mapped before the count starts.
 pub fn run(count: usize) -> Vec<Parked> {
     let size = MIN_STACK_SIZE;
     let ours = measure("stackswitch", count, size, || {
@@ -97,6 +98,18 @@ pub fn run(count: usize) -> Vec<Parked> {
         assert!(matches!(f.resume(1), FiberResult::Yield(1)));
         f
     });
+    let pool =
+        StackPool::new(PoolConfig::default().stack_size(size).capacity(count)).expect("stack pool");
+    let pooled = measure("stackswitch, StackPool", count, size, || {
+        let stack = pool.acquire().expect("pool stack");
+        let mut f = Fiber::with_stack(stack, |x: u64, s: &Suspender<u64, u64>| {
+            let _ = s.suspend(x);
+        })
+        .expect("fiber");
+        assert!(matches!(f.resume(1), FiberResult::Yield(1)));
+        f
+    });
+    drop(pool);
     let coro = measure("corosensei 0.3", count, size, || {
         use corosensei::stack::DefaultStack;
         use corosensei::{Coroutine, Yielder};
@@ -107,5 +120,5 @@ pub fn run(count: usize) -> Vec<Parked> {
         assert!(co.resume(1).as_yield().is_some());
         co
     });
-    vec![ours, coro]
+    vec![ours, pooled, coro]
 }

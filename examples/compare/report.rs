@@ -58,7 +58,7 @@ impl Target {
             name: name.to_string(),
             outcome: value
                 .map(|v| (v, v <= limit))
-                .ok_or_else(|| "not measured in this run".to_string()),
+                .ok_or_else(|| "its rows were not measured in this run".to_string()),
         }
     }
 }
@@ -199,7 +199,8 @@ impl Report {
     }
 
     /// A measured row's ratio to the first stackswitch row of its group
-    /// measured in the same run (or, failing that, in any run).
+    /// measured in the same run (failing that, in any run; in a group with
+    /// no stackswitch row, to its first row).
     pub fn ratio(&self, row: &Row) -> Option<f64> {
         let stats = row.stats.as_ref()?;
         let ours = || {
@@ -208,9 +209,16 @@ impl Report {
                 .filter(|r| r.group == row.group && r.case.starts_with("stackswitch"))
                 .filter_map(|r| r.stats.as_ref())
         };
+        let first = || {
+            self.rows
+                .iter()
+                .filter(|r| r.group == row.group)
+                .filter_map(|r| r.stats.as_ref())
+        };
         let base = ours()
             .find(|b| b.run == stats.run)
-            .or_else(|| ours().next())?;
+            .or_else(|| ours().next())
+            .or_else(|| first().next())?;
         Some(stats.ratio_to(base))
     }
 
@@ -285,7 +293,7 @@ impl Report {
         let _ = writeln!(
             out,
             "  (per operation: median, min, max over the samples; ratio: to the group's \
-             stackswitch row of the same run, the median of per-round ratios)"
+             stackswitch row (or first row) of the same run, the median of per-round ratios)"
         );
         if !self.parked.is_empty() {
             let _ = writeln!(out);
@@ -293,7 +301,7 @@ impl Report {
             for p in &self.parked {
                 let _ = writeln!(
                     out,
-                    "  {:<16} {} parked, {} stacks: {} resident, {:.2} mappings each; \
+                    "  {:<24} {} parked, {} stacks: {} resident, {:.2} mappings each; \
                      fit: ~{} (limited by {})",
                     p.name,
                     p.count,
@@ -314,6 +322,81 @@ impl Report {
                 Err(why) => format!("not measured: {why}"),
             };
             let _ = writeln!(out, "  {:<70} {verdict}", t.name);
+        }
+        out
+    }
+
+    /// The table as Markdown, for the README: the machine and build, one
+    /// table, memory and targets as lists.
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let facts: Vec<String> = facts()
+            .into_iter()
+            .filter(|(k, _)| *k != "guard pages")
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "Measured with `cargo run --release --features wasmtime --example compare`"
+        );
+        let _ = writeln!(out, "on {}.\n", facts.join("; "));
+        let _ = writeln!(out, "| case | median | min | max | ratio |");
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+        for group in self.groups() {
+            let _ = writeln!(out, "| **{group}** | | | | |");
+            for r in self.rows.iter().filter(|r| r.group == group) {
+                match &r.stats {
+                    Some(s) => {
+                        let ratio = self
+                            .ratio(r)
+                            .map_or("-".to_string(), |x| format!("{x:.2}x"));
+                        let _ = writeln!(
+                            out,
+                            "| {} | {} | {} | {} | {ratio} |",
+                            r.case,
+                            ns(s.median),
+                            ns(s.min),
+                            ns(s.max)
+                        );
+                    }
+                    None => {
+                        let _ = writeln!(out, "| {} | {} | | | |", r.case, r.note);
+                    }
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "\nPer operation; ratio: to the group's stackswitch row (or first row) measured in \
+             the same run, as the median of per-round ratios."
+        );
+        for (g, n) in &self.notes {
+            let _ = writeln!(out, "{g}: {n}.");
+        }
+        if !self.parked.is_empty() {
+            let _ = writeln!(out);
+            for p in &self.parked {
+                let _ = writeln!(
+                    out,
+                    "- {}: {} resident and {:.2} mappings per parked fiber ({} stacks); \
+                     about {} fit (limited by {}).",
+                    p.name,
+                    bytes(p.rss_per_fiber),
+                    p.maps_per_fiber,
+                    bytes(p.stack_size as f64),
+                    p.fit,
+                    p.limit
+                );
+            }
+        }
+        let _ = writeln!(out);
+        for t in &self.targets {
+            let verdict = match &t.outcome {
+                Ok((v, true)) => format!("met ({v:.3})"),
+                Ok((v, false)) => format!("missed ({v:.3})"),
+                Err(why) => format!("not measured: {why}"),
+            };
+            let _ = writeln!(out, "- {}: {verdict}", t.name);
         }
         out
     }

@@ -4,6 +4,7 @@
 
 use std::hint::black_box;
 
+use stackswitch::{PoolConfig, StackPool};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
     PoolingAllocationConfig, Store,
@@ -19,9 +20,14 @@ const GUEST: &str = r#"
     call $host))
 "#;
 
+/// Wasmtime's `async_stack_size` in every case (its default, made explicit).
+pub const ASYNC_STACK: usize = 2 << 20;
+
 /// Where the fiber stacks come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stacks {
+    /// A stackswitch [`StackPool`] as the stack creator.
+    Ours,
     /// Wasmtime's default: a fresh mmap per store.
     Default,
     /// Wasmtime's pooling instance allocator (it brings its own stacks).
@@ -31,6 +37,7 @@ pub enum Stacks {
 impl Stacks {
     fn label(self) -> &'static str {
         match self {
+            Stacks::Ours => "stackswitch StackPool",
             Stacks::Default => "Wasmtime default stacks",
             Stacks::Pooling => "Wasmtime pooling allocator",
         }
@@ -39,7 +46,13 @@ impl Stacks {
 
 fn config(stacks: Stacks, zeroing: bool) -> Config {
     let mut config = Config::new();
+    config.async_stack_size(ASYNC_STACK);
     config.async_stack_zeroing(zeroing);
+    if stacks == Stacks::Ours {
+        let pool = StackPool::new(PoolConfig::default().stack_size(ASYNC_STACK).capacity(16))
+            .expect("stack pool");
+        config.with_host_stack(pool.stack_creator());
+    }
     if stacks == Stacks::Pooling {
         // Small totals: the pool reserves its address space up front.
         let mut pooling = PoolingAllocationConfig::new();
@@ -77,17 +90,24 @@ async fn call_once(engine: &Engine, pre: &InstancePre<()>, x: i32) -> wasmtime::
     run.call_async(&mut store, x).await
 }
 
-/// Wasmtime's own stacks, with and without zeroing.
+/// The table name of a case.
+pub fn name(stacks: Stacks, zeroing: bool) -> String {
+    format!(
+        "{}{}",
+        stacks.label(),
+        if zeroing { ", zeroing" } else { "" }
+    )
+}
+
+/// Every source of stacks, with and without zeroing; ours first.
 pub fn cases() -> Vec<Case> {
     let mut cases = Vec::new();
-    for stacks in [Stacks::Default, Stacks::Pooling] {
+    for stacks in [Stacks::Ours, Stacks::Default, Stacks::Pooling] {
         for zeroing in [false, true] {
-            let name = format!(
-                "{}{}",
-                stacks.label(),
-                if zeroing { ", zeroing" } else { "" }
-            );
-            cases.push(Case::new(name, op(&config(stacks, zeroing))));
+            cases.push(Case::new(
+                name(stacks, zeroing),
+                op(&config(stacks, zeroing)),
+            ));
         }
     }
     cases
