@@ -417,7 +417,11 @@ fn a_stack_outlives_its_pool() {
         Some(StackLocation::PoolSlot { region_id, .. }) => {
             assert_ne!(region_id, id, "the dropped pool is still registered");
         }
-        _ => assert_eq!(vmas_in(region), 0, "the dropped pool's region is still mapped"),
+        _ => assert_eq!(
+            vmas_in(region),
+            0,
+            "the dropped pool's region is still mapped"
+        ),
     }
 }
 
