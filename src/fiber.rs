@@ -188,24 +188,25 @@ where
         // resume is its only reader.
         let f = unsafe { ptr::read(data.cast::<F>()) };
         if value == 0 {
-            // A fresh fiber being dropped: drop the closure, run nothing.
-            drop(f);
-            let exit = ManuallyDrop::new(Exit::<R>::Unwound);
-            let word = &*exit as *const Exit<R> as usize | arch::FINISHED;
-            // SAFETY: on this fiber's stack, nothing left to drop.
-            unsafe { arch::finish(word, slot) }
-        }
-        // SAFETY: a first resume other than Drop's hands a pointer to its
-        // input.
-        let input = unsafe { ptr::read(value as *const I) };
-        let suspender = Suspender {
-            slot,
-            _types: PhantomData,
-        };
-        match catch_unwind(AssertUnwindSafe(|| f(input, &suspender))) {
-            Ok(r) => Exit::Return(r),
-            Err(payload) if payload.is::<ForcedUnwind>() => Exit::Unwound,
-            Err(payload) => Exit::Panic(payload),
+            // A fresh fiber being dropped: drop the closure, run nothing. A
+            // panicking destructor is carried to the dropper like any panic.
+            match catch_unwind(AssertUnwindSafe(move || drop(f))) {
+                Ok(()) => Exit::Unwound,
+                Err(payload) => Exit::Panic(payload),
+            }
+        } else {
+            // SAFETY: a first resume other than Drop's hands a pointer to
+            // its input.
+            let input = unsafe { ptr::read(value as *const I) };
+            let suspender = Suspender {
+                slot,
+                _types: PhantomData,
+            };
+            match catch_unwind(AssertUnwindSafe(|| f(input, &suspender))) {
+                Ok(r) => Exit::Return(r),
+                Err(payload) if payload.is::<ForcedUnwind>() => Exit::Unwound,
+                Err(payload) => Exit::Panic(payload),
+            }
         }
     };
     // Everything else on this stack has been dropped; `exit` is moved out by
@@ -366,14 +367,20 @@ impl<I, Y, R, S: Stack> Fiber<I, Y, R, S> {
     /// stack is then leaked and this returns `None`.
     pub fn into_stack(self) -> Option<S> {
         let mut this = ManuallyDrop::new(self);
-        if !this.end() {
+        let mut pending = None;
+        if !this.end(&mut pending) {
             return None;
         }
         let b = this.stack.bounds();
         crate::valgrind::stack_deregister(this.valgrind_stack, b.low, b.high);
         // SAFETY: `end` left nothing on the stack; `this` is never dropped,
         // so the stack is moved out exactly once.
-        Some(unsafe { ManuallyDrop::take(&mut this.stack) })
+        let stack = unsafe { ManuallyDrop::take(&mut this.stack) };
+        if let Some(payload) = pending {
+            // The stack is dropped (returned) as this unwinds.
+            resume_unwind(payload);
+        }
+        Some(stack)
     }
 
     /// Moves the fiber into a wrapper that is `Send` when `I`, `Y`, `R` and
@@ -408,9 +415,12 @@ impl<I, Y, R, S: Stack> Fiber<I, Y, R, S> {
     /// false if the stack must be leaked instead (a suspended fiber under
     /// `panic = "abort"`).
     #[inline]
-    fn end(&mut self) -> bool {
+    /// A panic that ending the fiber raised (a destructor, or a fiber that
+    /// caught the forced unwind and panicked) is left in `pending`, for the
+    /// caller to continue once the stack is released.
+    fn end(&mut self, pending: &mut Option<Box<dyn Any + Send>>) -> bool {
         // The common case, a fiber that ran to completion, stays inline.
-        self.is_finished() || self.end_unfinished()
+        self.is_finished() || self.end_unfinished(pending)
     }
 
     /// `end` for a fresh or suspended fiber: resumes it with 0, which makes
@@ -418,17 +428,18 @@ impl<I, Y, R, S: Stack> Fiber<I, Y, R, S> {
     /// `panic = "abort"` a suspended fiber cannot unwind: false, its stack
     /// must be leaked.
     #[inline(never)]
-    fn end_unfinished(&mut self) -> bool {
+    fn end_unfinished(&mut self, pending: &mut Option<Box<dyn Any + Send>>) -> bool {
         if cfg!(panic = "unwind") || !self.is_started() {
-            self.unwind();
+            *pending = self.unwind();
             true
         } else {
             false
         }
     }
 
-    /// Resumes a fresh or suspended fiber with 0 until it finishes.
-    fn unwind(&mut self) {
+    /// Resumes a fresh or suspended fiber with 0 until it finishes; returns
+    /// the panic it ended with, if any.
+    fn unwind(&mut self) -> Option<Box<dyn Any + Send>> {
         loop {
             // SAFETY: the fiber is fresh or suspended; 0 asks its entry to
             // drop the closure, or its pending `suspend` to unwind, instead
@@ -444,19 +455,17 @@ impl<I, Y, R, S: Stack> Fiber<I, Y, R, S> {
             }
             self.sp = 0;
             // SAFETY: as in `switch_in`.
-            match unsafe { ptr::read((out & !arch::FINISHED) as *const Exit<R>) } {
-                Exit::Unwound => {}
+            return match unsafe { ptr::read((out & !arch::FINISHED) as *const Exit<R>) } {
+                Exit::Unwound => None,
                 // It caught the unwind and returned normally.
-                Exit::Return(r) => drop(r),
-                // It caught the unwind and panicked with something else: let
-                // that panic go on, unless we are already unwinding.
-                Exit::Panic(payload) => {
-                    if !std::thread::panicking() {
-                        resume_unwind(payload)
-                    }
+                Exit::Return(r) => {
+                    drop(r);
+                    None
                 }
-            }
-            return;
+                // A destructor panicked, or the fiber caught the unwind and
+                // panicked with something else.
+                Exit::Panic(payload) => Some(payload),
+            };
         }
     }
 }
@@ -486,12 +495,20 @@ impl<I, Y, R, S: Stack> Drop for Fiber<I, Y, R, S> {
     /// Drops a fresh fiber's closure, unwinds a suspended fiber (running the
     /// destructors of everything on its stack), then frees the stack.
     fn drop(&mut self) {
-        if self.end() {
+        let mut pending = None;
+        if self.end(&mut pending) {
             let b = self.stack.bounds();
             crate::valgrind::stack_deregister(self.valgrind_stack, b.low, b.high);
             // SAFETY: the fiber holds nothing on the stack any more, and the
             // stack is dropped exactly once, here.
             unsafe { ManuallyDrop::drop(&mut self.stack) };
+        }
+        // A panic raised while ending the fiber goes on, once the stack is
+        // released, unless this thread is already unwinding.
+        if let Some(payload) = pending {
+            if !std::thread::panicking() {
+                resume_unwind(payload);
+            }
         }
     }
 }

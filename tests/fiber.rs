@@ -353,3 +353,32 @@ fn cross_thread_resume_through_the_unsafe_opt_in() {
     assert_eq!(fiber.resume(value), FiberResult::Return(value));
     assert_eq!(counter.load(Ordering::SeqCst), 4);
 }
+
+#[test]
+fn a_panicking_capture_of_a_never_started_fiber_panics_in_the_dropper() {
+    struct Bomb;
+    impl Drop for Bomb {
+        fn drop(&mut self) {
+            panic!("capture dropped");
+        }
+    }
+    let pool = stackswitch::StackPool::new(
+        stackswitch::PoolConfig::default()
+            .stack_size(STACK)
+            .capacity(1),
+    )
+    .unwrap();
+    let bomb = Bomb;
+    let fiber = Fiber::with_stack(pool.acquire().unwrap(), move |(), _: &Suspender<(), ()>| {
+        let _b = &bomb;
+    })
+    .unwrap();
+    assert_eq!(pool.in_use(), 1);
+    let payload = catch_unwind(AssertUnwindSafe(move || drop(fiber))).unwrap_err();
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"capture dropped"));
+    assert_eq!(
+        pool.in_use(),
+        0,
+        "the stack went back before the panic went on"
+    );
+}
