@@ -120,6 +120,33 @@ fn markers_work() -> bool {
     works
 }
 
+/// Reserves `len` bytes of read-write stack memory that the kernel commits
+/// only as it is touched (`MAP_NORESERVE`), for a stack or a pool region.
+///
+/// # Errors
+/// [`Error::MapCountLimit`] when the process is at `vm.max_map_count`,
+/// [`Error::Mmap`] with the size otherwise.
+pub(crate) fn reserve(len: usize) -> Result<NonNull<u8>, Error> {
+    // SAFETY: a fresh private anonymous mapping at an address the kernel
+    // picks; no existing memory is affected.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_STACK,
+            -1,
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        let source = io::Error::last_os_error();
+        return Err(map_count_error("mmap", source)
+            .unwrap_or_else(|source| Error::Mmap { bytes: len, source }));
+    }
+    Ok(NonNull::new(addr.cast::<u8>()).expect("mmap returned null on success"))
+}
+
 /// Makes `addr..addr + len` a guard region, with markers if the kernel has
 /// them (and the environment does not force `mprotect`), else `mprotect`.
 ///
@@ -277,24 +304,8 @@ impl MmapStack {
         };
         // Both are at most MAX_STACK_SIZE, so the sum cannot overflow.
         let len = size + guard;
-        // SAFETY: a fresh private anonymous mapping at an address the kernel
-        // picks; no existing memory is affected.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_STACK,
-                -1,
-                0,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            let source = io::Error::last_os_error();
-            return Err(map_count_error("mmap", source)
-                .unwrap_or_else(|source| Error::Mmap { bytes: len, source }));
-        }
-        let base = NonNull::new(addr.cast::<u8>()).expect("mmap returned null on success");
+        let base = reserve(len)?;
+        let addr = base.as_ptr().cast::<libc::c_void>();
         // SAFETY: base..base+guard is the page-aligned start of the mapping
         // made above, holding nothing yet.
         match unsafe { install_guard(base.as_ptr(), guard) } {

@@ -32,8 +32,8 @@ mod mmap;
 mod pool;
 
 pub use lookup::{locate, remaining_stack, thread_stack, StackLocation, MAX_REGIONS};
-pub(crate) use mmap::install_guard;
 pub use mmap::{guard_kind, GuardKind, MmapStack};
+pub(crate) use mmap::{install_guard, reserve};
 pub use pool::{PoolConfig, PooledStack, StackPool, MAX_POOL_BYTES, MAX_POOL_CAPACITY};
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -5,15 +5,15 @@
 //! policy and zeroing.
 
 use std::fmt;
-use std::io;
+
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::lookup::{register_region, Registration};
 use super::{
-    checked_stack_size, guard_kind, install_guard, page_size, round_up_to_page, GuardKind, Stack,
-    StackBounds, MAX_STACK_SIZE,
+    checked_stack_size, guard_kind, install_guard, page_size, reserve, round_up_to_page, GuardKind,
+    Stack, StackBounds, MAX_STACK_SIZE,
 };
 use crate::Error;
 
@@ -323,25 +323,7 @@ impl StackPool {
             }
         };
         let resident = round_up_to_page(config.resident.min(stack_size), page).unwrap_or(0);
-        // SAFETY: a fresh private anonymous mapping at an address the kernel
-        // picks; no existing memory is affected.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_STACK,
-                -1,
-                0,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(Error::Mmap {
-                bytes: len,
-                source: io::Error::last_os_error(),
-            });
-        }
-        let base = NonNull::new(addr.cast::<u8>()).expect("mmap returned null on success");
+        let base = reserve(len)?;
         static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let mut inner = Inner {
