@@ -125,36 +125,60 @@ impl Drop for Registration {
 /// Finds `addr` in the registered regions. Async-signal-safe.
 fn find_in_regions(addr: usize) -> Option<StackLocation> {
     let used = USED.load(Ordering::Acquire);
-    for r in &REGIONS[..used] {
-        let base = r.base.load(Ordering::Acquire);
-        if base == 0 || addr < base {
-            continue;
+    // The region this thread found last: repeated lookups from one pool's
+    // stacks (a guarded host function, call after call) cost one entry, not
+    // a scan. Only a hint: the entry is read and checked like any other.
+    let hint = HINT.try_with(Cell::get).unwrap_or(0);
+    if hint < used {
+        if let Some(found) = in_region(&REGIONS[hint], addr) {
+            return Some(found);
         }
-        let end = r.end.load(Ordering::Relaxed);
-        if addr >= end {
-            continue;
+    }
+    for (index, r) in REGIONS[..used].iter().enumerate() {
+        if let Some(found) = in_region(r, addr) {
+            let _ = HINT.try_with(|h| h.set(index));
+            return Some(found);
         }
-        let slot_size = r.slot_size.load(Ordering::Relaxed);
-        let guard = r.guard.load(Ordering::Relaxed);
-        let id = r.id.load(Ordering::Relaxed);
-        // The entry may have been withdrawn (and re-published) while we
-        // read it; a changed base means the fields may be mixed: skip it.
-        if r.base.load(Ordering::Acquire) != base {
-            continue;
-        }
-        let slot = (addr - base) / slot_size;
-        let start = base + slot * slot_size;
-        return Some(StackLocation::PoolSlot {
-            region_id: id,
-            slot,
-            bounds: StackBounds {
-                guard: start,
-                low: start + guard,
-                high: start + slot_size,
-            },
-        });
     }
     None
+}
+
+thread_local! {
+    /// Index of the region the last successful lookup on this thread found.
+    /// Constant-initialised, no destructor: usable from a signal handler.
+    static HINT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// `addr` in region entry `r`, if it is published and contains it.
+#[inline]
+fn in_region(r: &Region, addr: usize) -> Option<StackLocation> {
+    let base = r.base.load(Ordering::Acquire);
+    if base == 0 || addr < base {
+        return None;
+    }
+    let end = r.end.load(Ordering::Relaxed);
+    if addr >= end {
+        return None;
+    }
+    let slot_size = r.slot_size.load(Ordering::Relaxed);
+    let guard = r.guard.load(Ordering::Relaxed);
+    let id = r.id.load(Ordering::Relaxed);
+    // The entry may have been withdrawn (and re-published) while we read
+    // it; a changed base means the fields may be mixed: skip it.
+    if r.base.load(Ordering::Acquire) != base {
+        return None;
+    }
+    let slot = (addr - base) / slot_size;
+    let start = base + slot * slot_size;
+    Some(StackLocation::PoolSlot {
+        region_id: id,
+        slot,
+        bounds: StackBounds {
+            guard: start,
+            low: start + guard,
+            high: start + slot_size,
+        },
+    })
 }
 
 thread_local! {
