@@ -120,12 +120,21 @@ fn on_pool_fiber<R: 'static>(f: impl FnOnce() -> R + 'static) -> R {
 /// The child must have died of SIGABRT from our report; if not, say what
 /// kind of guard the pool used (qemu-user 7.2 accepts `MADV_GUARD_INSTALL`
 /// and ignores it, so marker guards do not fault there).
+/// The child died of the abort the fault handler ends its report with.
+fn assert_aborted(child: &Child) {
+    assert_eq!(
+        child.signal,
+        Some(libc::SIGABRT),
+        "status: {:?}",
+        child.code
+    );
+}
+
 fn assert_pool_guard_faulted(child: &Child) {
     assert_eq!(
         child.signal,
         Some(libc::SIGABRT),
-        "status {:?}: the pool slot's guard ({:?}) did not stop the overflow \
-         (under qemu-user, run with STACKSWITCH_GUARD=mprotect)",
+        "status {:?}: the pool slot's guard ({:?}) did not stop the overflow",
         child.code,
         stackswitch::guard_kind()
     );
@@ -202,12 +211,7 @@ fn over_budget_faults_on_thread_stack() {
         unreachable!("the guarded call must fault");
     }
     let child = run_child(NAME, &[]);
-    assert_eq!(
-        child.signal,
-        Some(libc::SIGABRT),
-        "status: {:?}",
-        child.code
-    );
+    assert_aborted(&child);
     assert!(child
         .stderr
         .contains("guarded host function `h_thread` overflowed its stack budget of 65536 bytes"));
@@ -231,12 +235,7 @@ fn nested_overflow_names_the_innermost_guard() {
         unreachable!("the inner call must fault");
     }
     let child = run_child(NAME, &[]);
-    assert_eq!(
-        child.signal,
-        Some(libc::SIGABRT),
-        "status: {:?}",
-        child.code
-    );
+    assert_aborted(&child);
     assert!(child
         .stderr
         .contains("`inner_fn` overflowed its stack budget of 16384 bytes"));
@@ -262,12 +261,7 @@ fn thread_without_alternate_stack_gets_one() {
         unreachable!("the guarded call must fault");
     }
     let child = run_child(NAME, &[]);
-    assert_eq!(
-        child.signal,
-        Some(libc::SIGABRT),
-        "status: {:?}",
-        child.code
-    );
+    assert_aborted(&child);
     assert!(child.stderr.contains("`h_no_altstack` overflowed"));
 }
 
@@ -429,12 +423,7 @@ fn measure_still_enforces() {
         unreachable!("the guarded call must fault");
     }
     let child = run_child(NAME, &[]);
-    assert_eq!(
-        child.signal,
-        Some(libc::SIGABRT),
-        "status: {:?}",
-        child.code
-    );
+    assert_aborted(&child);
     assert!(child.stderr.contains("`measured_over` overflowed"));
 }
 

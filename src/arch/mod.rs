@@ -11,8 +11,9 @@
 //!
 //! The word that travels in a register both ways is a pointer to the value
 //! handed over: the resumer's input, or the fiber's yield (bit 0 clear) or
-//! exit (bit 0 set, see [`FINISHED`]); or 0 from a resumer that wants the
-//! fiber to unwind.
+//! exit (bit 0 set, see [`FINISHED`]); or 0 from a resumer that is
+//! dropping the fiber (a fresh one drops its closure, a suspended one
+//! unwinds).
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
@@ -37,7 +38,6 @@ pub(crate) struct Aligned2<T>(pub(crate) T);
 pub(crate) type EntryFn = unsafe extern "C" fn(value: usize, data: *mut u8, slot: *mut usize) -> !;
 
 /// A function run by [`call_on_stack`]; it must not unwind.
-#[allow(dead_code)] // used by the host-function guard
 pub(crate) type OnStackFn = unsafe extern "C" fn(arg: *mut u8);
 
 extern "C" {
@@ -51,7 +51,6 @@ extern "C" {
 
     /// Calls `f(arg)` with the stack pointer set to `sp`, then returns on the
     /// original stack.
-    #[allow(dead_code)] // used by the host-function guard
     fn stackswitch_call_on_stack_v1(arg: *mut u8, f: OnStackFn, sp: *mut u8);
 }
 
@@ -68,7 +67,6 @@ pub(crate) fn trampoline_address() -> usize {
 /// enough for everything `f` does (or end in a guard page that stops it);
 /// `f` must not unwind; nothing may be live in `[lowest sp f reaches, sp)`.
 #[inline]
-#[allow(dead_code)] // used by the host-function guard
 pub(crate) unsafe fn call_on_stack(arg: *mut u8, f: OnStackFn, sp: *mut u8) {
     debug_assert_eq!(
         sp as usize % 16,

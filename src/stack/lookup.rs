@@ -274,7 +274,6 @@ pub fn locate(addr: usize) -> Option<StackLocation> {
 
 /// Like [`locate`] but async-signal-safe: the thread stack is only known if
 /// it was read on this thread before.
-#[allow(dead_code)] // for the guard module's signal handler
 pub(crate) fn locate_in_signal(addr: usize) -> Option<StackLocation> {
     if let Some(found) = find_in_regions(addr) {
         return Some(found);
