@@ -33,6 +33,13 @@
  * the continuation label its suspend stub computed with `adr`, or the
  * trampoline for a fiber that has not started.
  *
+ * What travels in registers. x0 carries the value handed over, both ways:
+ * a primitive scalar in the register itself, anything else as a pointer to
+ * it in the sender's frame (src/fiber.rs decides; this file never looks at
+ * x0). x2 carries the control word: into a fiber, nonzero to continue and
+ * 0 to ask it to unwind (resume_drop); back to the resumer, the fiber's sp
+ * after a suspend and 0 after finish.
+ *
  * Where the two stack pointers live. The slot, one word near the top of the
  * fiber's stack, holds the address of the resumer's frame record while the
  * fiber runs: the {x29, resume address} pair at +FRAME_X29 of its switch
@@ -84,23 +91,13 @@
 .endm
 
 /*
- * fn resume(value: x0, slot: x1 = *mut *mut u8, fiber_sp: x2)
- *     -> (value: x0, fiber_sp: x2)
- *
- * Resumer -> fiber. Called (`bl`) from the resume stub in src/arch/aarch64.rs.
- * On entry: x30 = return address into the stub; x2 = the fiber's switch
- * frame; x0 = the word handed to the fiber (a pointer to its input).
- * Leaves a switch frame (resume address = x30) on the resumer's stack, stores
- * its address in *slot and branches to the fiber's resume address with x0 and
- * x1 unchanged. It returns, later, when the fiber suspends or finishes: their
- * `ret` through the x30 saved here pairs with this `bl`. Bit 0 of the
- * returned x0 says which (clear: suspended, set: finished); x2 is the
- * fiber's new sp after a suspend. x1 is never written here, nor in suspend
- * or finish: both sides rely on it still holding the slot.
+ * ENTER_FROM_RESUMER opens resume and resume_drop: the resumer's side of a
+ * switch. On entry: x30 = the return address into the resume stub; x1 = the
+ * slot. Leaves the resumer's switch frame (resume address = x30) on its
+ * stack and the address of its frame record in the slot, and says in CFI
+ * where the resumer's frame is from then on.
  */
-        .p2align 4
-STACKSWITCH_FUNCTION(resume)
-        .cfi_startproc
+.macro ENTER_FROM_RESUMER
         hint    #34                             /* bti c */
         SAVE_FRAME x30
         .cfi_def_cfa_offset FRAME_SIZE
@@ -123,8 +120,14 @@ STACKSWITCH_FUNCTION(resume)
         .cfi_escape 0x10, 30, 5, 0x71, 0, 0x06, 0x23, 8
         .cfi_escape 0x10, 29, 3, 0x71, 0, 0x06
         .cfi_escape 0x10, 19, 5, 0x71, 0, 0x06, 0x38, 0x1c
-        /* Restore the fiber's registers from its frame at x2 and land sp
-         * just above it, without a separate `mov sp` first. */
+.endm
+
+/*
+ * LOAD_FIBER: x2 = the fiber's switch frame. Restores the fiber's registers
+ * from it, loads its resume address into x17 and lands sp just above the
+ * frame, without a separate `mov sp` first.
+ */
+.macro LOAD_FIBER
 #ifdef STACKSWITCH_FP_CONTROL
         ldr     x9, [x2, #FRAME_FPCR]           /* x9 = the fiber's FP mode bits */
         msr     fpcr, x9
@@ -132,9 +135,49 @@ STACKSWITCH_FUNCTION(resume)
         ldp     x19, x29, [x2, #FRAME_X19]      /* the fiber's x19, x29 */
         ldr     x17, [x2, #FRAME_PC]            /* x17 = the fiber's resume address */
         add     sp, x2, #FRAME_SIZE             /* now on the fiber's stack, frame popped */
-        br      x17                             /* continue the fiber; x0 = value */
+.endm
+
+/*
+ * fn resume(value: x0, slot: x1 = *mut *mut u8, fiber_sp: x2)
+ *     -> (value: x0, fiber_sp: x2)
+ *
+ * Resumer -> fiber. Called (`bl`) from the resume stub in src/arch/aarch64.rs.
+ * On entry: x30 = return address into the stub; x2 = the fiber's switch
+ * frame; x0 = the value handed to the fiber.
+ * Leaves a switch frame (resume address = x30) on the resumer's stack, stores
+ * its address in *slot and branches to the fiber's resume address with x0 and
+ * x1 unchanged and x2 nonzero (still the frame address): "go on". It
+ * returns, later, when the fiber suspends or finishes: their `ret` through
+ * the x30 saved here pairs with this `bl`. x2 then says which: the fiber's
+ * new sp after a suspend, 0 after finish; x0 is the fiber's value. x1 is
+ * never written here, nor in suspend or finish: both sides rely on it still
+ * holding the slot.
+ */
+        .p2align 4
+STACKSWITCH_FUNCTION(resume)
+        .cfi_startproc
+        ENTER_FROM_RESUMER
+        LOAD_FIBER
+        br      x17                             /* continue the fiber; x0 = value, x2 != 0 */
         .cfi_endproc
 STACKSWITCH_END(resume)
+
+/*
+ * fn resume_drop(slot: x1, fiber_sp: x2) -> (value: x0, fiber_sp: x2)
+ *
+ * As resume, but the fiber continues with x2 = 0: "unwind". A suspended
+ * fiber's pending suspend then unwinds its stack; a fresh fiber's entry
+ * drops its closure. Called only when a fiber is dropped unfinished.
+ */
+        .p2align 4
+STACKSWITCH_FUNCTION(resume_drop)
+        .cfi_startproc
+        ENTER_FROM_RESUMER
+        LOAD_FIBER
+        mov     x2, xzr                         /* x2 = 0: unwind */
+        br      x17                             /* continue the fiber */
+        .cfi_endproc
+STACKSWITCH_END(resume_drop)
 
 /*
  * RETURN_TO_RESUMER: sp = the resumer's switch frame. Restores it and
@@ -154,15 +197,17 @@ STACKSWITCH_END(resume)
 .endm
 
 /*
- * fn suspend(value: x0 (bit 0 clear), slot: x1, continuation: x9)
- *     -> (value: x0; x2 clobbered)
+ * fn suspend(value: x0, slot: x1, continuation: x9)
+ *     -> (value: x0, go: x2)
  *
  * Fiber -> resumer. Branched to (`b`, not `bl`, so the return-address stack
  * is not pushed) from the suspend stub inlined into fiber code, with x9 =
  * the stub's continuation label. On entry: *slot = the resumer's switch
  * frame. Leaves the fiber's switch frame (resume address = x9), hands its
- * address to the resumer in x2, restores the resumer and returns into its
- * resume stub with x0 = value.
+ * address to the resumer in x2 (never 0: "suspended"), restores the resumer
+ * and returns into its resume stub with x0 = value. The fiber continues at
+ * its continuation when it is next resumed, with x0 = the new value and
+ * x2 = 0 if it is to unwind.
  */
         .p2align 4
 STACKSWITCH_FUNCTION(suspend)
@@ -181,17 +226,19 @@ STACKSWITCH_FUNCTION(suspend)
 STACKSWITCH_END(suspend)
 
 /*
- * fn finish(value: x0 (bit 0 set: finished), slot: x1) -> !
+ * fn finish(value: x0, slot: x1) -> !
  *
  * The fiber's last switch: branched to (`b`, not `bl`: it never returns,
  * and a `bl` would unbalance the return-address predictor) from the
  * fiber's Rust entry once
  * everything on the fiber's stack has been dropped. Nothing of the fiber
- * is saved.
+ * is saved; the resumer gets x2 = 0 ("finished") and x0 = value (a
+ * pointer to how the fiber ended).
  */
         .p2align 4
 STACKSWITCH_FUNCTION(finish)
         .cfi_startproc
+        mov     x2, xzr                         /* x2 = 0: the fiber finished */
         ldr     x10, [x1]                       /* x10 = the resumer's frame record */
         sub     sp, x10, #FRAME_X29             /* now on the resumer's stack, at its frame */
         RETURN_TO_RESUMER
@@ -202,9 +249,10 @@ STACKSWITCH_END(finish)
  * The first frame of every fiber. Reached by resume's `br x17` the first
  * time a fiber runs, from the initial switch frame Rust wrote
  * (src/arch/aarch64.rs, InitialFrame, just below the slot): x19 = the Rust entry function,
- * x29 = its data pointer, sp = the slot (16-byte aligned), x0 = first value.
+ * x29 = its data pointer, sp = the slot (16-byte aligned), x0 = first value,
+ * x2 = 0 if the fiber is being dropped before it ran (resume_drop).
  *
- * Enters entry(value: x0, data: x1, slot: x2) -> ! with `br`, x30 set to
+ * Enters entry(value: x0, data: x1, slot: x2, go: x3) -> ! with `br`, x30 set to
  * trampoline_ret: entry never returns (it leaves through `finish`, also
  * reached by a branch), so a `blr` would leave an entry on the return
  * address predictor's stack that no `ret` consumes.
@@ -238,12 +286,13 @@ STACKSWITCH_FUNCTION(trampoline)
         .cfi_escape 0x10, 29, 3, 0x8f, 0, 0x06
         .cfi_escape 0x10, 19, 5, 0x8f, 0, 0x06, 0x38, 0x1c
         hint    #34                             /* bti c: reached by br x17 */
+        mov     x3, x2                          /* x3 = go (fourth argument): 0 = drop */
         mov     x1, x29                         /* x1 = data (second argument) */
         mov     x2, sp                          /* x2 = slot (third argument) */
         mov     x29, sp                         /* x29 = the slot: a frame record (see above) */
         adr     x30, STACKSWITCH_SYM(trampoline_ret) /* the return address entry sees */
         mov     x16, x19                        /* enter Rust through x16 */
-        br      x16                             /* entry(value, data, slot) -> ! */
+        br      x16                             /* entry(value, data, slot, go) -> ! */
         .globl  STACKSWITCH_SYM(trampoline_ret)
         .hidden STACKSWITCH_SYM(trampoline_ret)
 STACKSWITCH_SYM(trampoline_ret):

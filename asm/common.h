@@ -16,7 +16,7 @@
 #define STACKSWITCH_COMMON_H
 
 /* Contract version of the symbols below; bump it when any contract changes. */
-#define STACKSWITCH_SYM(name) stackswitch_##name##_v1
+#define STACKSWITCH_SYM(name) stackswitch_##name##_v2
 
 /* Opens a function: exported to the link, hidden from the dynamic symbol
  * table, typed as a function for tools. */

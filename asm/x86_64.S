@@ -33,6 +33,13 @@
  * pushed; for a fiber, it is the continuation label its suspend stub pushed,
  * or the trampoline for a fiber that has not started.
  *
+ * What travels in registers. rdi carries the value handed over, both ways:
+ * a primitive scalar in the register itself, anything else as a pointer to
+ * it in the sender's frame (src/fiber.rs decides; this file never looks at
+ * rdi). rdx carries the control word: into a fiber, nonzero to continue
+ * and 0 to ask it to unwind (resume_drop); back to the resumer, the fiber's
+ * stack pointer after a suspend and 0 after finish.
+ *
  * Where the two stack pointers live. The slot, one word near the top of the
  * fiber's stack, holds the address of the resumer's frame record while the
  * fiber runs: the {rbp, return address} pair at +FRAME_RBP of its switch
@@ -108,25 +115,13 @@
 .endm
 
 /*
- * fn resume(value: rdi, slot: rsi = *mut *mut u8, fiber_sp: rdx)
- *     -> (value: rdi, fiber_sp: rdx)
- *
- * Resumer -> fiber. Called (`call`) from the resume stub in src/arch/x86_64.rs.
- * On entry: rsp = 8 (mod 16), [rsp] = return address into the stub;
- * rdx = the fiber's saved stack pointer (its switch frame); rdi = the word
- * handed to the fiber (a pointer to its input).
- * Leaves a switch frame on the resumer's stack, stores its address in *slot,
- * and continues the fiber at its resume address with rdi and rsi unchanged.
- * It returns, later, when the fiber suspends or finishes: their `ret` pops
- * the return address this `call` pushed, so calls and returns stay paired
- * for the return-address predictor. Bit 0 of the returned rdi says which
- * (clear: suspended, set: finished); rdx is the fiber's new stack pointer
- * after a suspend. rsi is never written here, nor in suspend or finish:
- * both sides rely on it still holding the slot.
+ * ENTER_FROM_RESUMER opens resume and resume_drop: the resumer's side of a
+ * switch. On entry: rsp = 8 (mod 16), [rsp] = the return address into the
+ * resume stub; rsi = the slot. Leaves the resumer's switch frame on its
+ * stack and the address of its frame record in the slot, and says in CFI
+ * where the resumer's frame is from then on.
  */
-        .p2align 4
-STACKSWITCH_FUNCTION(resume)
-        .cfi_startproc
+.macro ENTER_FROM_RESUMER
         push    rbp                     /* with the return address: a frame record */
         .cfi_adjust_cfa_offset 8
         .cfi_rel_offset rbp, 0
@@ -151,10 +146,16 @@ STACKSWITCH_FUNCTION(resume)
         .cfi_escape 0x10, 16, 5, 0x74, 0, 0x06, 0x23, 8
         .cfi_escape 0x10, 6, 3, 0x74, 0, 0x06
         .cfi_escape 0x10, 3, 5, 0x74, 0, 0x06, 0x38, 0x1c
-        /* Restore the fiber's registers from its frame at rdx, land rsp just
-         * above the frame, and jump through the frame's resume address:
-         * loads through rdx rather than pops after `mov rsp`, which saves an
-         * instruction and a stack-engine sync on the critical path. */
+.endm
+
+/*
+ * LOAD_FIBER: rdx = the fiber's switch frame. Restores the fiber's
+ * registers from it through rdx rather than by pops after a `mov rsp`,
+ * which saves an instruction and a stack-engine sync on the critical path,
+ * and lands rsp just above the frame. The resume address is left in the
+ * frame, at rdx + FRAME_PC, for the caller to jump through.
+ */
+.macro LOAD_FIBER
 #ifdef STACKSWITCH_FP_CONTROL
         ldmxcsr [rdx + FRAME_FPCTL]     /* the fiber's MXCSR */
         fldcw   [rdx + FRAME_FPCTL + 4] /* the fiber's x87 CW */
@@ -162,20 +163,65 @@ STACKSWITCH_FUNCTION(resume)
         mov     rbx, [rdx + FRAME_RBX]  /* the fiber's rbx */
         mov     rbp, [rdx + FRAME_RBP]  /* the fiber's rbp */
         lea     rsp, [rdx + FRAME_SIZE] /* now on the fiber's stack, frame popped */
-        jmp     [rdx + FRAME_PC]        /* continue the fiber; rdi = value */
+.endm
+
+/*
+ * fn resume(value: rdi, slot: rsi = *mut *mut u8, fiber_sp: rdx)
+ *     -> (value: rdi, fiber_sp: rdx)
+ *
+ * Resumer -> fiber. Called (`call`) from the resume stub in src/arch/x86_64.rs.
+ * On entry: rsp = 8 (mod 16), [rsp] = return address into the stub;
+ * rdx = the fiber's saved stack pointer (its switch frame); rdi = the value
+ * handed to the fiber.
+ * Leaves a switch frame on the resumer's stack, stores its address in *slot,
+ * and continues the fiber at its resume address with rdi and rsi unchanged
+ * and rdx nonzero (still the frame address): "go on".
+ * It returns, later, when the fiber suspends or finishes: their `ret` pops
+ * the return address this `call` pushed, so calls and returns stay paired
+ * for the return-address predictor. rdx then says which: the fiber's new
+ * stack pointer after a suspend, 0 after finish; rdi is the fiber's value.
+ * rsi is never written here, nor in suspend or finish: both sides rely on
+ * it still holding the slot.
+ */
+        .p2align 4
+STACKSWITCH_FUNCTION(resume)
+        .cfi_startproc
+        ENTER_FROM_RESUMER
+        LOAD_FIBER
+        jmp     [rdx + FRAME_PC]        /* continue the fiber; rdi = value, rdx != 0 */
         .cfi_endproc
 STACKSWITCH_END(resume)
 
 /*
- * fn suspend(value: rdi, slot: rsi) -> (value: rdi; rdx clobbered)
+ * fn resume_drop(slot: rsi, fiber_sp: rdx) -> (value: rdi, fiber_sp: rdx)
+ *
+ * As resume, but the fiber continues with rdx = 0: "unwind". A suspended
+ * fiber's pending suspend then unwinds its stack; a fresh fiber's entry
+ * drops its closure. Called only when a fiber is dropped unfinished.
+ */
+        .p2align 4
+STACKSWITCH_FUNCTION(resume_drop)
+        .cfi_startproc
+        ENTER_FROM_RESUMER
+        mov     rax, [rdx + FRAME_PC]   /* rax = the fiber's resume address */
+        LOAD_FIBER
+        xor     edx, edx                /* rdx = 0: unwind */
+        jmp     rax                     /* continue the fiber */
+        .cfi_endproc
+STACKSWITCH_END(resume_drop)
+
+/*
+ * fn suspend(value: rdi, slot: rsi) -> (value: rdi, go: rdx)
  *
  * Fiber -> resumer. Jumped to (`jmp`, not `call`) from the suspend stub that
  * is inlined into fiber code, after the stub pushed its continuation label.
  * On entry: [rsp] = that continuation, so the stack looks like a call's and
  * the default CFI (CFA = rsp + 8, return address at CFA - 8) is right;
- * *slot = the resumer's switch frame; bit 0 of rdi is clear (suspended).
- * Leaves the fiber's switch frame, hands its address to the resumer in rdx,
- * restores the resumer and returns into its resume stub, with rdi = value.
+ * *slot = the resumer's frame record.
+ * Leaves the fiber's switch frame, hands its address to the resumer in rdx
+ * (never 0: "suspended"), restores the resumer and returns into its resume
+ * stub, with rdi = value. The fiber continues at its continuation when it
+ * is next resumed, with rdi = the new value and rdx = 0 if it is to unwind.
  */
         .p2align 4
 STACKSWITCH_FUNCTION(suspend)
@@ -187,17 +233,19 @@ STACKSWITCH_FUNCTION(suspend)
 STACKSWITCH_END(suspend)
 
 /*
- * fn finish(value: rdi (bit 0 set: finished), slot: rsi) -> !
+ * fn finish(value: rdi, slot: rsi) -> !
  *
  * The fiber's last switch: jumped to (not called: it never returns, and a
  * call would unbalance the return-address predictor) from the fiber's Rust
  * entry once
  * everything on the fiber's stack has been dropped. Nothing of the fiber is
- * saved; rdx is left as it is (the resumer ignores it after a finish).
+ * saved; the resumer gets rdx = 0 ("finished") and rdi = value (a pointer
+ * to how the fiber ended).
  */
         .p2align 4
 STACKSWITCH_FUNCTION(finish)
         .cfi_startproc
+        xor     edx, edx                /* rdx = 0: the fiber finished */
         RETURN_TO_RESUMER               /* into the resumer's resume stub */
         .cfi_endproc
 STACKSWITCH_END(finish)
@@ -206,11 +254,12 @@ STACKSWITCH_END(finish)
  * The first frame of every fiber. Reached by resume's `jmp` the first time a
  * fiber runs, from the initial switch frame Rust wrote (src/arch/x86_64.rs,
  * InitialFrame, just below the slot and the word under it): rbx = the Rust
- * entry function, rbp = its data pointer, rdi = the first value, and
+ * entry function, rbp = its data pointer, rdi = the first value, rdx = 0
+ * if the fiber is being dropped before it ran (resume_drop), and
  * rsp = slot - 8, where Rust stored trampoline_ret: the return address the
  * entry function finds, as if this frame had called it.
  *
- * Enters entry(value: rdi, data: rsi, slot: rdx) -> ! with `jmp`, not
+ * Enters entry(value: rdi, data: rsi, slot: rdx, go: rcx) -> ! with `jmp`, not
  * `call`: entry never returns (it leaves through `finish`, also reached by a
  * jump), so a `call` would leave an entry on the return-address predictor's
  * stack that no `ret` consumes, and the resumer's next returns would be
@@ -248,10 +297,11 @@ STACKSWITCH_FUNCTION(trampoline)
         .cfi_escape 0x10, 6, 3, 0x76, 0, 0x06
         .cfi_escape 0x10, 3, 5, 0x76, 0, 0x06, 0x38, 0x1c
         endbr64                         /* reached by an indirect jmp */
+        mov     rcx, rdx                /* rcx = go (fourth argument): 0 = drop */
         mov     rsi, rbp                /* rsi = data (second argument) */
         lea     rbp, [rsp + 8]          /* rbp = the slot: a frame record (see above) */
         mov     rdx, rbp                /* rdx = slot (third argument) */
-        jmp     rbx                     /* entry(value, data, slot) -> !, [rsp] = trampoline_ret */
+        jmp     rbx                     /* entry(value, data, slot, go) -> !, [rsp] = trampoline_ret */
         .globl  STACKSWITCH_SYM(trampoline_ret)
         .hidden STACKSWITCH_SYM(trampoline_ret)
 STACKSWITCH_SYM(trampoline_ret):

@@ -2,10 +2,13 @@
 //! moving a suspended fiber to another thread.
 //!
 //! # How values travel
-//! `resume(input)` keeps `input` in its own frame and hands the fiber a
-//! pointer to it, in a register; the fiber moves the value out before it
-//! runs any of the user's code. `suspend(value)` does the same the other
-//! way. Nothing is boxed and nothing is copied twice.
+//! A value of a primitive scalar type (integers, `f32`, `f64`, `bool`,
+//! `char`) or a zero-sized type crosses a switch in a register. Anything
+//! else stays in the sender's frame: `resume(input)` hands the fiber a
+//! pointer to `input`, in a register, and the fiber moves the value out
+//! before it runs any of the user's code; `suspend(value)` does the same
+//! the other way. Nothing is boxed and nothing is copied twice. (That is
+//! why `I` and `Y` are `'static`: the choice is made on their `TypeId`.)
 //!
 //! # Panics and unwinding
 //! The fiber's closure runs inside `catch_unwind` at the base of its stack.
@@ -34,6 +37,8 @@ use std::ptr;
 use crate::arch;
 use crate::stack::{MmapStack, Stack};
 use crate::Error;
+
+mod word;
 
 /// What a fiber did when it last ran: suspended with a value, or returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -107,11 +112,11 @@ struct ForcedUnwind;
 /// let fiber = Fiber::new(64 << 10, |_: (), _: &Suspender<(), ()>| ()).unwrap();
 /// needs_send(fiber); // error: `*mut usize` cannot be sent between threads
 /// ```
-pub struct Fiber<I, Y, R, S: Stack = MmapStack> {
+pub struct Fiber<I: 'static, Y: 'static, R, S: Stack = MmapStack> {
     /// The slot near the top of the stack (see `stack` module docs).
     slot: *mut usize,
     /// The fiber's switch frame while it is fresh or suspended; 0 once it
-    /// has finished. A fresh fiber's frame is the initial one, just below
+    /// has finished (what the switch returns then). A fresh fiber's frame is the initial one, just below
     /// the slot (see `is_started`): that is the whole state machine.
     sp: usize,
     /// Dropped last, and only when the fiber no longer needs it.
@@ -131,18 +136,18 @@ pub struct Fiber<I, Y, R, S: Stack = MmapStack> {
 /// fn needs_sync<T: Sync>() {}
 /// needs_sync::<Suspender<(), ()>>(); // error: `*mut usize` cannot be shared
 /// ```
-pub struct Suspender<I, Y> {
+pub struct Suspender<I: 'static, Y: 'static> {
     slot: *mut usize,
     _types: PhantomData<fn(Y) -> I>,
 }
 
-impl<I, Y> fmt::Debug for Suspender<I, Y> {
+impl<I: 'static, Y: 'static> fmt::Debug for Suspender<I, Y> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Suspender").finish_non_exhaustive()
     }
 }
 
-impl<I, Y> Suspender<I, Y> {
+impl<I: 'static, Y: 'static> Suspender<I, Y> {
     /// Suspends the fiber, handing `value` to the caller of
     /// [`Fiber::resume`]; returns the input of the next `resume`.
     ///
@@ -150,18 +155,18 @@ impl<I, Y> Suspender<I, Y> {
     /// it unwinds the fiber's stack so that its destructors run.
     #[inline(always)]
     pub fn suspend(&self, value: Y) -> I {
-        // 2-aligned, so bit 0 of its address is clear: "suspended".
-        let value = arch::Aligned2(ManuallyDrop::new(value));
         // The resumer moves `value` out before this frame continues, hence
-        // ManuallyDrop. SAFETY: a Suspender is only lent to the closure on
-        // the stack of the fiber whose slot this is, while it runs.
-        let input = unsafe { arch::suspend(&value as *const _ as usize, self.slot) };
-        if input == 0 {
+        // ManuallyDrop.
+        let value = ManuallyDrop::new(value);
+        // SAFETY: a Suspender is only lent to the closure on the stack of
+        // the fiber whose slot this is, while it runs.
+        let (input, go) = unsafe { arch::suspend(word::encode(&value), self.slot) };
+        if go == 0 {
             forced_unwind();
         }
-        // SAFETY: a non-zero word from `resume` points at a live `I` that the
-        // resumer will not drop (it keeps it in a ManuallyDrop).
-        unsafe { ptr::read(input as *const I) }
+        // SAFETY: `resume` encoded an `I` that it will not drop (it keeps
+        // it in a ManuallyDrop) and that stays put until we run again.
+        unsafe { word::decode::<I>(input) }
     }
 }
 
@@ -179,7 +184,12 @@ fn forced_unwind() -> ! {
 ///
 /// `extern "C"`: a panic escaping here would abort rather than unwind into
 /// the trampoline (none can: `catch_unwind` is around all user code).
-unsafe extern "C" fn fiber_entry<F, I, Y, R>(value: usize, data: *mut u8, slot: *mut usize) -> !
+unsafe extern "C" fn fiber_entry<F, I: 'static, Y: 'static, R>(
+    value: usize,
+    data: *mut u8,
+    slot: *mut usize,
+    go: usize,
+) -> !
 where
     F: FnOnce(I, &Suspender<I, Y>) -> R,
 {
@@ -187,7 +197,7 @@ where
         // SAFETY: `data` is the closure Fiber::with_stack wrote; this first
         // resume is its only reader.
         let f = unsafe { ptr::read(data.cast::<F>()) };
-        if value == 0 {
+        if go == 0 {
             // A fresh fiber being dropped: drop the closure, run nothing. A
             // panicking destructor is carried to the dropper like any panic.
             match catch_unwind(AssertUnwindSafe(move || drop(f))) {
@@ -195,9 +205,9 @@ where
                 Err(payload) => Exit::Panic(payload),
             }
         } else {
-            // SAFETY: a first resume other than Drop's hands a pointer to
-            // its input.
-            let input = unsafe { ptr::read(value as *const I) };
+            // SAFETY: a first resume other than Drop's hands an encoded
+            // input, kept in place and undropped by the resumer.
+            let input = unsafe { word::decode::<I>(value) };
             let suspender = Suspender {
                 slot,
                 _types: PhantomData,
@@ -212,17 +222,14 @@ where
     // Everything else on this stack has been dropped; `exit` is moved out by
     // the resumer, which then never switches here again.
     let exit = ManuallyDrop::new(exit);
-    // Exit<R> holds a Box, so its address is even: bit 0 is free to say
-    // "finished".
-    let word = &*exit as *const Exit<R> as usize | arch::FINISHED;
     // SAFETY: we are on this fiber's stack, and nothing on it needs dropping.
-    unsafe { arch::finish(word, slot) }
+    unsafe { arch::finish(&*exit as *const Exit<R> as usize, slot) }
 }
 
 /// Bytes kept free for the fiber's own frames beyond its closure and slot.
 const MIN_FREE_STACK: usize = 4096;
 
-impl<I: 'static, Y, R> Fiber<I, Y, R, MmapStack> {
+impl<I: 'static, Y: 'static, R> Fiber<I, Y, R, MmapStack> {
     /// Creates a fiber on a new [`MmapStack`] of `stack_size` bytes.
     ///
     /// # Errors
@@ -235,7 +242,7 @@ impl<I: 'static, Y, R> Fiber<I, Y, R, MmapStack> {
     }
 }
 
-impl<I: 'static, Y, R, S: Stack> Fiber<I, Y, R, S> {
+impl<I: 'static, Y: 'static, R, S: Stack> Fiber<I, Y, R, S> {
     /// Creates a fiber that will run `f` on `stack`; nothing runs until the
     /// first [`resume`](Self::resume), whose input is `f`'s first argument.
     ///
@@ -285,7 +292,7 @@ impl<I: 'static, Y, R, S: Stack> Fiber<I, Y, R, S> {
     }
 }
 
-impl<I, Y, R, S: Stack> Fiber<I, Y, R, S> {
+impl<I: 'static, Y: 'static, R, S: Stack> Fiber<I, Y, R, S> {
     /// Runs the fiber until it suspends or returns. The first `resume`
     /// starts the closure with `input` as its first argument; later ones
     /// return `input` from the pending [`Suspender::suspend`].
@@ -322,17 +329,17 @@ impl<I, Y, R, S: Stack> Fiber<I, Y, R, S> {
         // SAFETY: the callers checked the fiber has not finished, so `sp` is
         // its switch frame and its stack is alive (we own it).
         // It moves `input` out before running user code, hence ManuallyDrop.
-        let (out, sp) = unsafe { arch::resume(&*input as *const I as usize, self.slot, self.sp) };
-        if out & arch::FINISHED == 0 {
-            self.sp = sp;
-            // SAFETY: on yield, `out` points at a Y in the suspended fiber's
-            // frame, which it will not drop (ManuallyDrop in `suspend`).
-            FiberResult::Yield(unsafe { ptr::read(out as *const Y) })
+        let (out, sp) = unsafe { arch::resume(word::encode(&input), self.slot, self.sp) };
+        // 0 once finished: that is also what `sp` says then.
+        self.sp = sp;
+        if sp != 0 {
+            // SAFETY: on yield, `out` is an encoded Y from the suspended
+            // fiber, which it will not drop (ManuallyDrop in `suspend`).
+            FiberResult::Yield(unsafe { word::decode::<Y>(out) })
         } else {
-            // SAFETY: on finish, `out` (less bit 0) points at the Exit<R> the
-            // entry left on the fiber's stack, which stays mapped (we own it).
-            let exit = unsafe { ptr::read((out & !arch::FINISHED) as *const Exit<R>) };
-            self.sp = 0;
+            // SAFETY: on finish, `out` points at the Exit<R> the entry left
+            // on the fiber's stack, which stays mapped (we own it).
+            let exit = unsafe { ptr::read(out as *const Exit<R>) };
             // A free function, not a method: passing `self` to an
             // out-of-line call would let the compiler assume the switch's
             // asm may change the Fiber, and reload its fields every switch.
@@ -423,8 +430,8 @@ impl<I, Y, R, S: Stack> Fiber<I, Y, R, S> {
         self.is_finished() || self.end_unfinished(pending)
     }
 
-    /// `end` for a fresh or suspended fiber: resumes it with 0, which makes
-    /// a fresh fiber drop its closure and a suspended one unwind. Under
+    /// `end` for a fresh or suspended fiber: resumes it with `resume_drop`,
+    /// which makes a fresh fiber drop its closure and a suspended one unwind. Under
     /// `panic = "abort"` a suspended fiber cannot unwind: false, its stack
     /// must be leaked.
     #[inline(never)]
@@ -437,25 +444,24 @@ impl<I, Y, R, S: Stack> Fiber<I, Y, R, S> {
         }
     }
 
-    /// Resumes a fresh or suspended fiber with 0 until it finishes; returns
-    /// the panic it ended with, if any.
+    /// Resumes a fresh or suspended fiber with `resume_drop` until it
+    /// finishes; returns the panic it ended with, if any.
     fn unwind(&mut self) -> Option<Box<dyn Any + Send>> {
         loop {
-            // SAFETY: the fiber is fresh or suspended; 0 asks its entry to
-            // drop the closure, or its pending `suspend` to unwind, instead
-            // of reading an input.
-            let (out, sp) = unsafe { arch::resume(0, self.slot, self.sp) };
-            if out & arch::FINISHED == 0 {
-                self.sp = sp;
+            // SAFETY: the fiber is fresh or suspended; resume_drop asks its
+            // entry to drop the closure, or its pending `suspend` to unwind,
+            // instead of reading an input.
+            let (out, sp) = unsafe { arch::resume_drop(self.slot, self.sp) };
+            self.sp = sp;
+            if sp != 0 {
                 // The fiber caught the unwind and suspended again: drop what
                 // it yielded and ask again until it finishes.
                 // SAFETY: as in `switch_in`.
-                drop(unsafe { ptr::read(out as *const Y) });
+                drop(unsafe { word::decode::<Y>(out) });
                 continue;
             }
-            self.sp = 0;
             // SAFETY: as in `switch_in`.
-            return match unsafe { ptr::read((out & !arch::FINISHED) as *const Exit<R>) } {
+            return match unsafe { ptr::read(out as *const Exit<R>) } {
                 Exit::Unwound => None,
                 // It caught the unwind and returned normally.
                 Exit::Return(r) => {
@@ -491,7 +497,7 @@ fn resumed_finished() -> ! {
     panic!("{}", Error::FiberFinished)
 }
 
-impl<I, Y, R, S: Stack> Drop for Fiber<I, Y, R, S> {
+impl<I: 'static, Y: 'static, R, S: Stack> Drop for Fiber<I, Y, R, S> {
     /// Drops a fresh fiber's closure, unwinds a suspended fiber (running the
     /// destructors of everything on its stack), then frees the stack.
     fn drop(&mut self) {
@@ -513,7 +519,7 @@ impl<I, Y, R, S: Stack> Drop for Fiber<I, Y, R, S> {
     }
 }
 
-impl<I, Y, R, S: Stack> fmt::Debug for Fiber<I, Y, R, S> {
+impl<I: 'static, Y: 'static, R, S: Stack> fmt::Debug for Fiber<I, Y, R, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Fiber")
             .field("started", &self.is_started())
@@ -528,14 +534,17 @@ impl<I, Y, R, S: Stack> fmt::Debug for Fiber<I, Y, R, S> {
 ///
 /// It derefs to `&Fiber` for inspection, never to `&mut Fiber`: that would
 /// let safe code swap in a fiber nobody vouched for.
-pub struct SendFiber<I, Y, R, S: Stack = MmapStack>(Fiber<I, Y, R, S>);
+pub struct SendFiber<I: 'static, Y: 'static, R, S: Stack = MmapStack>(Fiber<I, Y, R, S>);
 
 // SAFETY: the caller of `into_send` promised that everything on the fiber's
 // stack may move between threads and that no thread-local address is kept
 // across a suspend; the values crossing `resume` are Send by these bounds.
-unsafe impl<I: Send, Y: Send, R: Send, S: Stack + Send> Send for SendFiber<I, Y, R, S> {}
+unsafe impl<I: Send + 'static, Y: Send + 'static, R: Send, S: Stack + Send> Send
+    for SendFiber<I, Y, R, S>
+{
+}
 
-impl<I, Y, R, S: Stack> SendFiber<I, Y, R, S> {
+impl<I: 'static, Y: 'static, R, S: Stack> SendFiber<I, Y, R, S> {
     /// As [`Fiber::resume`].
     #[inline]
     #[track_caller]
@@ -558,14 +567,14 @@ impl<I, Y, R, S: Stack> SendFiber<I, Y, R, S> {
     }
 }
 
-impl<I, Y, R, S: Stack> std::ops::Deref for SendFiber<I, Y, R, S> {
+impl<I: 'static, Y: 'static, R, S: Stack> std::ops::Deref for SendFiber<I, Y, R, S> {
     type Target = Fiber<I, Y, R, S>;
     fn deref(&self) -> &Self::Target {
         &self.0
     }
 }
 
-impl<I, Y, R, S: Stack> fmt::Debug for SendFiber<I, Y, R, S> {
+impl<I: 'static, Y: 'static, R, S: Stack> fmt::Debug for SendFiber<I, Y, R, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
     }
@@ -585,9 +594,9 @@ mod tests {
 
     /// Whether `ret` is the return address of a call to the `.S` resume:
     /// the instruction before it is `call rel32` (x86_64) or `bl` (aarch64)
-    /// whose target is `stackswitch_resume_v1`.
+    /// whose target is `stackswitch_resume_v2`.
     fn returns_from_resume(ret: usize) -> bool {
-        let resume = arch::stackswitch_resume_v1 as unsafe extern "C" fn() as usize;
+        let resume = arch::stackswitch_resume_v2 as unsafe extern "C" fn() as usize;
         #[cfg(target_arch = "x86_64")]
         {
             // SAFETY: ret is a return address in this binary's code, which is
@@ -630,7 +639,7 @@ mod tests {
             "the record's return address {ret:#x} does not follow a call to resume"
         );
         // Taking an extern static's address needs no unsafe.
-        let trampoline_ret = &raw const arch::stackswitch_trampoline_ret_v1 as usize;
+        let trampoline_ret = &raw const arch::stackswitch_trampoline_ret_v2 as usize;
         assert_eq!(
             above, trampoline_ret,
             "the word above the slot is the trampoline's return"

@@ -35,6 +35,52 @@ fn values_travel_both_ways_over_many_switches() {
     assert!(fiber.is_finished());
 }
 
+/// Values of every kind of encoding cross a switch intact both ways: word
+/// scalars (including 0 and all-ones, which once doubled as control words),
+/// a zero-sized type, a word-sized type with uninitialized bytes, and
+/// values too big for a register.
+#[test]
+fn values_of_every_shape_cross_a_switch_intact() {
+    fn echo<T: Clone + PartialEq + std::fmt::Debug + 'static>(values: &[T]) {
+        let first = values[0].clone();
+        let mut fiber = Fiber::new(STACK, move |mut x: T, s: &Suspender<T, T>| loop {
+            x = s.suspend(x);
+        })
+        .unwrap();
+        // The first resume starts the fiber with `first`; it hands it back.
+        assert_eq!(fiber.resume(first.clone()), FiberResult::Yield(first));
+        for v in values {
+            assert_eq!(fiber.resume(v.clone()), FiberResult::Yield(v.clone()));
+        }
+        // Dropped suspended: its pending suspend unwinds, it does not take
+        // a last value for a real one.
+    }
+    echo(&[0u64, 1, u64::MAX, 0]);
+    echo(&[0u8, 255, 0]);
+    echo(&[0i32, -1, i32::MIN]);
+    echo(&[0.0f64, -0.0, f64::INFINITY]);
+    echo(&[false, true, false]);
+    echo(&['\0', 'z', char::MAX]);
+    echo(&[(), ()]);
+    echo(&[None, Some(0u32), None]);
+    echo(&[(0u8, 0u16), (255, 65535)]);
+    echo(&[[0u64; 4], [u64::MAX; 4]]);
+    echo(&[String::new(), "a heap value".to_string()]);
+}
+
+/// A fiber whose input is 0 on its first and later resumes runs normally:
+/// 0 is a value like any other, not a request to drop.
+#[test]
+fn zero_input_is_an_ordinary_value() {
+    let mut fiber = Fiber::new(STACK, |x: u64, s: &Suspender<u64, u64>| {
+        let y = s.suspend(x + 10);
+        y + 20
+    })
+    .unwrap();
+    assert_eq!(fiber.resume(0), FiberResult::Yield(10));
+    assert_eq!(fiber.resume(0), FiberResult::Return(20));
+}
+
 #[test]
 fn fiber_that_returns_without_suspending() {
     let mut fiber = Fiber::new(STACK, |x: Vec<u8>, _: &Suspender<Vec<u8>, ()>| x.len()).unwrap();

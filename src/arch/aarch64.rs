@@ -8,9 +8,10 @@ use super::EntryFn;
 extern "C" {
     // Not callable as Rust functions: they follow the register contract in
     // asm/aarch64.S and are entered only from the asm! stubs below.
-    pub(crate) fn stackswitch_resume_v1();
-    fn stackswitch_suspend_v1();
-    fn stackswitch_finish_v1();
+    pub(crate) fn stackswitch_resume_v2();
+    fn stackswitch_resume_drop_v2();
+    fn stackswitch_suspend_v2();
+    fn stackswitch_finish_v2();
 }
 
 /// Size of the switch frame (the `.S` `FRAME_SIZE`), the same with or
@@ -92,8 +93,7 @@ compile_error!("stackswitch's switch does not yet declare the SVE registers as c
 
 /// Switches from the resumer into the fiber whose slot is `slot` and whose
 /// switch frame is at `sp`, handing it `value`; returns what the fiber handed
-/// back (a pointer with bit 0 clear if it suspended, set if it finished) and,
-/// after a suspend, the fiber's new switch frame.
+/// back and its new switch frame after a suspend, or 0 if it finished.
 ///
 /// # Safety
 /// `slot` must be the slot of a started-or-fresh fiber that is not running,
@@ -109,7 +109,7 @@ pub(crate) unsafe fn resume(value: usize, slot: *mut usize, sp: usize) -> (usize
     unsafe {
         switch_asm!(
             "bl {resume}",
-            resume = sym stackswitch_resume_v1,
+            resume = sym stackswitch_resume_v2,
             inout("x0") value => out,
             in("x1") slot,
             inout("x2") sp => new_sp,
@@ -118,9 +118,31 @@ pub(crate) unsafe fn resume(value: usize, slot: *mut usize, sp: usize) -> (usize
     (out, new_sp)
 }
 
-/// Switches from the running fiber back to its resumer, handing it `value`
-/// (a pointer with bit 0 clear: "suspended"); returns the value of the next
-/// `resume`.
+/// As [`resume`], but the fiber is asked to unwind (a suspended fiber) or to
+/// drop its closure (a fresh one) instead of being handed a value.
+///
+/// # Safety
+/// As for [`resume`].
+#[inline(never)]
+pub(crate) unsafe fn resume_drop(slot: *mut usize, sp: usize) -> (usize, usize) {
+    let out: usize;
+    let new_sp: usize;
+    // SAFETY: as for `resume`.
+    unsafe {
+        switch_asm!(
+            "bl {resume_drop}",
+            resume_drop = sym stackswitch_resume_drop_v2,
+            out("x0") out,
+            in("x1") slot,
+            inout("x2") sp => new_sp,
+        );
+    }
+    (out, new_sp)
+}
+
+/// Switches from the running fiber back to its resumer, handing it `value`;
+/// returns the value of the next `resume` and the control word that came
+/// with it: nonzero to go on, 0 if the fiber is to unwind (`resume_drop`).
 ///
 /// Always inlined: the stub branches (`b`, not `bl`) into the `.S` with its
 /// continuation in x9, so the `.S`'s `ret` pairs with the resumer's `bl`.
@@ -128,8 +150,9 @@ pub(crate) unsafe fn resume(value: usize, slot: *mut usize, sp: usize) -> (usize
 /// # Safety
 /// Must run on the stack of the fiber whose slot is `slot`, while it runs.
 #[inline(always)]
-pub(crate) unsafe fn suspend(value: usize, slot: *mut usize) -> usize {
+pub(crate) unsafe fn suspend(value: usize, slot: *mut usize) -> (usize, usize) {
     let out: usize;
+    let go: usize;
     // SAFETY: as for `resume`; x9 is declared clobbered by switch_asm.
     unsafe {
         switch_asm!(
@@ -137,17 +160,17 @@ pub(crate) unsafe fn suspend(value: usize, slot: *mut usize) -> usize {
             "b {suspend}",
             "2:",
             "hint #34",          // bti c: reached by resume's br x17
-            suspend = sym stackswitch_suspend_v1,
+            suspend = sym stackswitch_suspend_v2,
             inout("x0") value => out,
             in("x1") slot,
-            out("x2") _,
+            out("x2") go,
         );
     }
-    out
+    (out, go)
 }
 
-/// Leaves a fiber for good, handing `value` (bit 0 set: "finished") to its
-/// resumer.
+/// Leaves a fiber for good, handing `value` (a pointer to how it ended) to
+/// its resumer, whose `resume` returns 0 as the stack pointer: "finished".
 ///
 /// # Safety
 /// Must run on the stack of the fiber whose slot is `slot`, with nothing left
@@ -159,7 +182,7 @@ pub(crate) unsafe fn finish(value: usize, slot: *mut usize) -> ! {
     unsafe {
         asm!(
             "b {finish}", // never returns: no return address to predict
-            finish = sym stackswitch_finish_v1,
+            finish = sym stackswitch_finish_v2,
             in("x0") value,
             in("x1") slot,
             options(noreturn),

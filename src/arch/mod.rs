@@ -4,16 +4,19 @@
 //!
 //! Every architecture module provides the same items:
 //! - `resume(value, slot, sp) -> (value, sp)`, always inlined;
-//! - `suspend(value, slot) -> value`, always inlined;
+//! - `resume_drop(slot, sp) -> (value, sp)`;
+//! - `suspend(value, slot) -> (value, go)`, always inlined;
 //! - `finish(value, slot) -> !`;
 //! - `InitialFrame::new(entry, data)` and `FRAME_SIZE`;
 //! - `call_on_stack(arg, f, sp)`.
 //!
-//! The word that travels in a register both ways is a pointer to the value
-//! handed over: the resumer's input, or the fiber's yield (bit 0 clear) or
-//! exit (bit 0 set, see [`FINISHED`]); or 0 from a resumer that is
-//! dropping the fiber (a fresh one drops its closure, a suspended one
-//! unwinds).
+//! Two words travel in registers each way. The value word is the value
+//! handed over, encoded by `fiber::word` (the value itself when it is a
+//! primitive scalar, else a pointer to it); this module never looks at it.
+//! The control word says what happened: from a fiber, its new stack
+//! pointer after a suspend or 0 when it finished; into a fiber, nonzero to
+//! go on or 0 when it is being dropped (`resume_drop`: a fresh fiber drops
+//! its closure, a suspended one unwinds).
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
@@ -25,17 +28,11 @@ pub(crate) use aarch64::*;
 #[cfg(target_arch = "x86_64")]
 pub(crate) use x86_64::*;
 
-/// Bit 0 of the word a fiber hands back: set when it finished, clear when
-/// it suspended (the yielded value's address is 2-aligned: [`Aligned2`]).
-pub(crate) const FINISHED: usize = 1;
-
-/// A value whose address has bit 0 clear, so that bit can say "finished".
-#[repr(C, align(2))]
-pub(crate) struct Aligned2<T>(pub(crate) T);
-
 /// The Rust function a fiber's trampoline calls first:
-/// `entry(value, data, slot)`, which never returns (it leaves by `finish`).
-pub(crate) type EntryFn = unsafe extern "C" fn(value: usize, data: *mut u8, slot: *mut usize) -> !;
+/// `entry(value, data, slot, go)`, which never returns (it leaves by
+/// `finish`); `go` is 0 when the fiber is dropped before it ran.
+pub(crate) type EntryFn =
+    unsafe extern "C" fn(value: usize, data: *mut u8, slot: *mut usize, go: usize) -> !;
 
 /// A function run by [`call_on_stack`]; it must not unwind.
 pub(crate) type OnStackFn = unsafe extern "C" fn(arg: *mut u8);
@@ -43,21 +40,21 @@ pub(crate) type OnStackFn = unsafe extern "C" fn(arg: *mut u8);
 extern "C" {
     /// The first frame of every fiber (see the `.S`); never called from Rust,
     /// only named as the resume address of an initial frame.
-    fn stackswitch_trampoline_v1();
+    fn stackswitch_trampoline_v2();
 
     /// The return address of the trampoline's call into Rust: the word next
     /// to the slot, so that the slot reads as a frame record.
-    pub(crate) static stackswitch_trampoline_ret_v1: u8;
+    pub(crate) static stackswitch_trampoline_ret_v2: u8;
 
     /// Calls `f(arg)` with the stack pointer set to `sp`, then returns on the
     /// original stack.
-    fn stackswitch_call_on_stack_v1(arg: *mut u8, f: OnStackFn, sp: *mut u8);
+    fn stackswitch_call_on_stack_v2(arg: *mut u8, f: OnStackFn, sp: *mut u8);
 }
 
 /// Address of the trampoline, the resume address of a fiber that has not run.
 #[inline]
 pub(crate) fn trampoline_address() -> usize {
-    stackswitch_trampoline_v1 as unsafe extern "C" fn() as usize
+    stackswitch_trampoline_v2 as unsafe extern "C" fn() as usize
 }
 
 /// Runs `f(arg)` with the stack pointer set to `sp`.
@@ -74,7 +71,7 @@ pub(crate) unsafe fn call_on_stack(arg: *mut u8, f: OnStackFn, sp: *mut u8) {
         "call_on_stack needs a 16-byte aligned sp"
     );
     // SAFETY: the caller upholds the contract above, which is the .S routine's.
-    unsafe { stackswitch_call_on_stack_v1(arg, f, sp) }
+    unsafe { stackswitch_call_on_stack_v2(arg, f, sp) }
 }
 
 /// Where a fresh fiber's stack pointer points, for a given slot: its
@@ -96,7 +93,7 @@ pub(crate) const FIBER_OVERHEAD: usize = 16 + TRAMPOLINE_RETURN_WORDS * 8 + FRAM
 /// the entry function; and the trampoline's return address in the word
 /// above the slot, so that the slot and that word form a frame record (see
 /// the `.S`). Returns the fiber's initial stack pointer: its first `resume`
-/// enters the trampoline, which calls `entry(value, data, slot)`.
+/// enters the trampoline, which calls `entry(value, data, slot, go)`.
 ///
 /// # Safety
 /// `slot` must be 16-byte aligned, with the word above it and at least
@@ -107,7 +104,7 @@ pub(crate) unsafe fn init_fiber(slot: *mut usize, entry: EntryFn, data: *mut u8)
         0,
         "the fiber slot must be 16-byte aligned"
     );
-    let ret = &raw const stackswitch_trampoline_ret_v1 as usize;
+    let ret = &raw const stackswitch_trampoline_ret_v2 as usize;
     let sp = initial_sp(slot);
     // SAFETY: the caller guarantees the bytes from `sp` up to and including
     // the word above the slot are writable; InitialFrame is FRAME_SIZE bytes
