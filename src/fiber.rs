@@ -121,7 +121,7 @@ pub struct Fiber<I: 'static, Y: 'static, R, S: Stack = MmapStack> {
     sp: usize,
     /// Dropped last, and only when the fiber no longer needs it.
     stack: ManuallyDrop<S>,
-    /// The stack's id with Valgrind (meaningless when not under it).
+    /// The token of the stack's registration with Valgrind (0: none).
     valgrind_stack: usize,
     _types: PhantomData<fn(I) -> FiberResult<Y, R>>,
 }
@@ -254,6 +254,7 @@ impl<I: 'static, Y: 'static, R, S: Stack> Fiber<I, Y, R, S> {
     /// # Errors
     /// [`Error::StackTooSmall`] if the closure leaves less than 4 KiB of the
     /// stack for the fiber's frames.
+    #[inline]
     pub fn with_stack<F>(stack: S, f: F) -> Result<Self, Error>
     where
         F: FnOnce(I, &Suspender<I, Y>) -> R + 'static,
@@ -267,10 +268,7 @@ impl<I: 'static, Y: 'static, R, S: Stack> Fiber<I, Y, R, S> {
             .saturating_add(align)
             .saturating_add(arch::FIBER_OVERHEAD + MIN_FREE_STACK);
         if high.saturating_sub(bounds.low) < needed {
-            return Err(Error::StackTooSmall {
-                requested: bounds.size(),
-                minimum: needed,
-            });
+            return Err(too_small(bounds.size(), needed));
         }
         let closure = (high - size_of::<F>()) & !(align - 1);
         // The slot word and the word above it (a frame record, see arch).
@@ -372,14 +370,17 @@ impl<I: 'static, Y: 'static, R, S: Stack> Fiber<I, Y, R, S> {
     ///
     /// Under `panic = "abort"`, a suspended fiber cannot be unwound; its
     /// stack is then leaked and this returns `None`.
+    #[inline]
     pub fn into_stack(self) -> Option<S> {
         let mut this = ManuallyDrop::new(self);
         let mut pending = None;
         if !this.end(&mut pending) {
             return None;
         }
-        let b = this.stack.bounds();
-        crate::valgrind::stack_deregister(this.valgrind_stack, b.low, b.high);
+        if this.valgrind_stack != 0 {
+            let b = this.stack.bounds();
+            crate::valgrind::stack_deregister(this.valgrind_stack, b.low, b.high);
+        }
         // SAFETY: `end` left nothing on the stack; `this` is never dropped,
         // so the stack is moved out exactly once.
         let stack = unsafe { ManuallyDrop::take(&mut this.stack) };
@@ -489,6 +490,14 @@ fn exit_result<Y, R>(exit: Exit<R>) -> FiberResult<Y, R> {
     }
 }
 
+/// The error for a stack too small for a fiber; out of line, so that
+/// `with_stack` stays small enough to inline.
+#[cold]
+#[inline(never)]
+fn too_small(requested: usize, minimum: usize) -> Error {
+    Error::StackTooSmall { requested, minimum }
+}
+
 /// Resuming a finished fiber is misuse the types cannot stop; say so.
 #[cold]
 #[inline(never)]
@@ -503,8 +512,10 @@ impl<I: 'static, Y: 'static, R, S: Stack> Drop for Fiber<I, Y, R, S> {
     fn drop(&mut self) {
         let mut pending = None;
         if self.end(&mut pending) {
-            let b = self.stack.bounds();
-            crate::valgrind::stack_deregister(self.valgrind_stack, b.low, b.high);
+            if self.valgrind_stack != 0 {
+                let b = self.stack.bounds();
+                crate::valgrind::stack_deregister(self.valgrind_stack, b.low, b.high);
+            }
             // SAFETY: the fiber holds nothing on the stack any more, and the
             // stack is dropped exactly once, here.
             unsafe { ManuallyDrop::drop(&mut self.stack) };
