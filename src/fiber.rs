@@ -84,6 +84,11 @@ struct ForcedUnwind;
 ///
 /// `I` is what each `resume` hands in, `Y` what each `suspend` hands out,
 /// `R` what the closure returns; `S` is the stack it runs on and owns.
+/// `I` and `Y` are `'static`: a primitive scalar crosses a switch in a
+/// register, anything else by reference to the sender's frame, and the
+/// choice is made on their `TypeId` (see the module docs). Nothing is lost
+/// by it: the closure is `'static` too, so a borrowed `Y` could only
+/// borrow `'static` data.
 ///
 /// ```
 /// use stackswitch::{Fiber, FiberResult, MmapStack, Suspender};
