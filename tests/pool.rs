@@ -249,6 +249,142 @@ fn zero_on_return_clears_every_returned_stack() {
     assert!(all_zero(&stack));
 }
 
+/// Writes 0xa5 at each of `offsets` (bytes below the top) of `stack`.
+fn dirty_at(stack: &impl Stack, offsets: &[usize]) {
+    let b = stack.bounds();
+    for &off in offsets {
+        // SAFETY: high - off is in low..high of the stack we hold (off is
+        // 1..=size); no fiber runs on it.
+        unsafe { ((b.high - off) as *mut u8).write_volatile(0xa5) };
+    }
+}
+
+/// The bytes at `offsets` below the top of `stack`.
+fn read_at(stack: &impl Stack, offsets: &[usize]) -> Vec<u8> {
+    let b = stack.bounds();
+    offsets
+        .iter()
+        // SAFETY: as in `dirty_at`, reading.
+        .map(|&off| unsafe { ((b.high - off) as *const u8).read_volatile() })
+        .collect()
+}
+
+#[test]
+fn zeroing_misses_no_dirty_byte_at_any_depth() {
+    const K: usize = 1 << 10;
+    let size = 256 * K;
+    let pool = StackPool::new(
+        PoolConfig::default()
+            .stack_size(size)
+            .resident(64 * K)
+            .capacity(1),
+    )
+    .unwrap();
+    let p = page();
+    // Each use dirties single bytes (offsets below the top) and leaves the
+    // pages between them untouched; the next zeroed acquire must read
+    // every one of them back as 0. Reading only those bytes keeps the
+    // untouched pages untouched (not even mapped to the zero page).
+    let mut uses: Vec<Vec<usize>> = vec![
+        vec![100],
+        // Far below the resident part, pages never touched in between.
+        vec![100, 200 * K],
+        // The lowest byte of the stack, and the first page below the top.
+        vec![size, p + 1],
+        // In the resident part but below a one- or two-page window.
+        vec![40 * K],
+        // Just below and just above the resident limit.
+        vec![64 * K + 1, 64 * K],
+        // Only deep: nothing near the top at all.
+        vec![128 * K + 7],
+    ];
+    // One byte in every page, one page per use, the in-page offset moving.
+    for k in 0..size / p {
+        uses.push(vec![k * p + 1 + (k * 97) % (p - 1)]);
+    }
+    // A use that fills 48 KiB from the top (the window grows to the
+    // resident limit), then single bytes inside, at the bottom of, and
+    // below the grown window.
+    let mut deep_use: Vec<usize> = (1..=48 * K).collect();
+    uses.push(std::mem::take(&mut deep_use));
+    uses.extend([
+        vec![30 * K],
+        vec![48 * K],
+        vec![64 * K],
+        vec![64 * K + p],
+        vec![1],
+    ]);
+
+    let first = pool.acquire_zeroed().unwrap();
+    let slot = first.slot();
+    assert!(all_zero(&first));
+    drop(first);
+    let mut previous: Vec<usize> = Vec::new();
+    for (i, now) in uses.iter().enumerate() {
+        let stack = pool.acquire_zeroed().unwrap();
+        assert_eq!(stack.slot(), slot);
+        let left = read_at(&stack, &previous);
+        assert!(
+            left.iter().all(|&x| x == 0),
+            "use {i}: a byte dirtied by use {} survived the zeroing: offsets {previous:?} read {left:?}",
+            i.saturating_sub(1)
+        );
+        dirty_at(&stack, now);
+        previous = now.clone();
+        drop(stack);
+    }
+    let stack = pool.acquire_zeroed().unwrap();
+    assert!(all_zero(&stack));
+
+    // A plain user's leftovers, sparse: the zeroed acquire after it must
+    // find them too.
+    drop(stack);
+    let stack = pool.acquire().unwrap();
+    let plain = [1, 20 * K, 63 * K, 64 * K + 1, 100 * K, size];
+    dirty_at(&stack, &plain);
+    drop(stack);
+    let stack = pool.acquire_zeroed().unwrap();
+    assert_eq!(read_at(&stack, &plain), vec![0; plain.len()]);
+    assert!(all_zero(&stack));
+}
+
+#[test]
+fn zeroed_stacks_keep_resident_what_their_uses_need() {
+    const K: usize = 1 << 10;
+    let size = 256 * K;
+    let pool = StackPool::new(
+        PoolConfig::default()
+            .stack_size(size)
+            .resident(64 * K)
+            .capacity(1),
+    )
+    .unwrap();
+    let p = page();
+    let stack = pool.acquire_zeroed().unwrap();
+    let b = stack.bounds();
+    drop(stack);
+    // Shallow uses: the pages below the top two are released, whatever
+    // the resident limit.
+    for _ in 0..4 {
+        let stack = pool.acquire_zeroed().unwrap();
+        dirty_at(&stack, &[8, 900]);
+        drop(stack);
+    }
+    assert!(resident_pages(b.low, b.size() - 2 * p).iter().all(|&r| !r));
+    // Uses 40 KiB deep: the window grows, the pages they use stay resident
+    // (no page faults next time), nothing below the resident limit does.
+    for _ in 0..4 {
+        let stack = pool.acquire_zeroed().unwrap();
+        // SAFETY: the top 40 KiB of the stack we hold.
+        unsafe { std::ptr::write_bytes((b.high - 40 * K) as *mut u8, 3, 40 * K) };
+        drop(stack);
+    }
+    assert!(resident_pages(b.high - 40 * K, 40 * K).iter().all(|&r| r));
+    assert!(resident_pages(b.low, size - 64 * K).iter().all(|&r| !r));
+    let stack = pool.acquire_zeroed().unwrap();
+    assert!(all_zero(&stack));
+}
+
 #[test]
 fn resident_limit_is_kept_on_return() {
     let size = 256 << 10;
