@@ -578,6 +578,53 @@ fn a_stack_outlives_its_pool() {
         locate(b.low),
         Some(StackLocation::PoolSlot { .. })
     ));
+
+    // Stacks returned while the pool lived sit parked in per-thread cells
+    // (this thread's and other threads'); the last handle going unmaps the
+    // region all the same.
+    let pool = StackPool::new(PoolConfig::default().stack_size(64 << 10).capacity(8)).unwrap();
+    let region = pool.region();
+    drop(pool.acquire().unwrap());
+    let remote = pool.clone();
+    std::thread::spawn(move || {
+        let held: Vec<_> = (0..3).map(|_| remote.acquire().unwrap()).collect();
+        drop(held);
+    })
+    .join()
+    .unwrap();
+    assert_eq!(pool.in_use(), 0);
+    assert!(vmas_in(region.clone()) > 0);
+    drop(pool);
+    assert_eq!(vmas_in(region), 0, "parked stacks kept the region mapped");
+
+    // The last handle going while other threads return their stacks at
+    // the same moment: whichever order they meet in, the region goes with
+    // the last of them.
+    for round in 0..50 {
+        let pool = StackPool::new(PoolConfig::default().stack_size(64 << 10).capacity(8)).unwrap();
+        let region = pool.region();
+        let start = Arc::new(Barrier::new(5));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let stacks: Vec<_> = (0..2).map(|_| pool.acquire().unwrap()).collect();
+                let start = start.clone();
+                std::thread::spawn(move || {
+                    start.wait();
+                    drop(stacks);
+                })
+            })
+            .collect();
+        start.wait();
+        drop(pool);
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(
+            vmas_in(region),
+            0,
+            "round {round}: the region is still mapped"
+        );
+    }
 }
 
 #[test]
@@ -839,6 +886,43 @@ fn touch_guard_in_child() {
     unsafe { ((b.low - 1) as *mut u8).write_volatile(1) };
     // Only reached if the guard did not fault.
     std::process::exit(0);
+}
+
+#[test]
+fn stacks_parked_by_other_threads_are_found_before_exhaustion() {
+    // Each thread's last returned stack waits in its parking cell; a pool
+    // whose every free slot is parked by threads that have since ended
+    // still hands all of them out, and counts none of them as in use.
+    const CAPACITY: usize = 6;
+    let pool = StackPool::new(
+        PoolConfig::default()
+            .stack_size(64 << 10)
+            .capacity(CAPACITY),
+    )
+    .unwrap();
+    for _ in 0..3 {
+        let threads: Vec<_> = (0..CAPACITY)
+            .map(|_| {
+                let stack = pool.acquire().unwrap();
+                std::thread::spawn(move || drop(stack))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(pool.in_use(), 0);
+        let all: Vec<_> = (0..CAPACITY).map(|_| pool.acquire().unwrap()).collect();
+        assert_eq!(pool.in_use(), CAPACITY);
+        let mut slots: Vec<_> = all.iter().map(|s| s.slot()).collect();
+        slots.sort();
+        assert_eq!(slots, (0..CAPACITY).collect::<Vec<_>>());
+        assert!(matches!(
+            pool.acquire(),
+            Err(Error::PoolExhausted { capacity: CAPACITY })
+        ));
+        drop(all);
+        assert_eq!(pool.in_use(), 0);
+    }
 }
 
 #[test]
