@@ -192,7 +192,7 @@ fn zeroed_acquire_reads_as_zeros() {
         PoolConfig::default()
             .stack_size(256 << 10)
             .resident(64 << 10)
-            .capacity(2),
+            .capacity(1),
     )
     .unwrap();
     let stack = pool.acquire().unwrap();
@@ -221,12 +221,39 @@ fn zeroed_acquire_reads_as_zeros() {
 }
 
 #[test]
+fn zeroed_stacks_released_together_read_as_zeros() {
+    // Zeroed stacks coming back wait for their deep pages to be released
+    // many at a time; every one handed out zeroed again reads as zeros,
+    // near the top and deep down.
+    const N: usize = 12;
+    let size = 256 << 10;
+    let pool = StackPool::new(PoolConfig::default().stack_size(size).capacity(N)).unwrap();
+    for round in 0..3 {
+        let stacks: Vec<_> = (0..N).map(|_| pool.acquire_zeroed().unwrap()).collect();
+        for (i, stack) in stacks.iter().enumerate() {
+            assert!(all_zero(stack), "round {round}, slot {}", stack.slot());
+            dirty_at(stack, &[1 + i, 5000 + i * 64, 100 << 10, size - i]);
+        }
+        assert_eq!(pool.in_use(), N);
+        drop(stacks);
+        assert_eq!(pool.in_use(), 0);
+    }
+    // A plain acquire may take a stack whose deep pages are still to be
+    // released; a zeroed acquire after it still gets zeros.
+    let plain = pool.acquire().unwrap();
+    dirty_at(&plain, &[1, 100 << 10]);
+    drop(plain);
+    let all: Vec<_> = (0..N).map(|_| pool.acquire_zeroed().unwrap()).collect();
+    assert!(all.iter().all(all_zero));
+}
+
+#[test]
 fn zero_on_return_clears_every_returned_stack() {
     let pool = StackPool::new(
         PoolConfig::default()
             .stack_size(128 << 10)
             .zero_on_return(true)
-            .capacity(2),
+            .capacity(1),
     )
     .unwrap();
     let stack = pool.acquire().unwrap();
@@ -373,7 +400,7 @@ fn zeroed_stacks_keep_resident_what_their_uses_need() {
     assert!(resident_pages(b.low, b.size() - 2 * p).iter().all(|&r| !r));
     // Uses 40 KiB deep: the window grows, the pages they use stay resident
     // (no page faults next time), nothing below the resident limit does.
-    for _ in 0..4 {
+    for _ in 0..8 {
         let stack = pool.acquire_zeroed().unwrap();
         // SAFETY: the top 40 KiB of the stack we hold.
         unsafe { std::ptr::write_bytes((b.high - 40 * K) as *mut u8, 3, 40 * K) };

@@ -8,7 +8,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::lookup::{register_region, Registration};
@@ -42,6 +42,13 @@ const GUARDED: u8 = 1;
 const ARMED: u8 = 2;
 /// Every byte of the stack is zero.
 const CLEAN: u8 = 4;
+
+/// The lowest bytes of a zeroing window that, when dirty, make it grow
+/// (see `Inner::next_window`).
+const DEEP_ZONE: usize = 1 << 10;
+
+/// Pending slots released with one system call (see `Inner::release_pending`).
+const RELEASE_BATCH: usize = 16;
 
 /// Cells per pool in which threads park the slot they returned last.
 const PARKING_CELLS: usize = 32;
@@ -154,10 +161,11 @@ impl PoolConfig {
         self
     }
 
-    /// Zero every stack when it comes back, so all free stacks read as
-    /// zeros. Costs an `madvise` and a `memset` of what the user dirtied
-    /// near the top per release (see "Zeroing" on [`StackPool`]); without
-    /// it, only [`StackPool::acquire_zeroed`] zeroes.
+    /// Zero every stack when it comes back, so that every stack the pool
+    /// hands out reads as zeros, whether acquired zeroed or not. Costs a
+    /// `memset` of what the user dirtied near the top per release and a
+    /// share of a batched `madvise` (see "Zeroing" on [`StackPool`]);
+    /// without it, only [`StackPool::acquire_zeroed`] zeroes.
     pub fn zero_on_return(mut self, zero: bool) -> Self {
         self.zero_on_return = zero;
         self
@@ -194,6 +202,15 @@ struct Inner {
     /// Free-list head: bits 0..32 the top slot's index + 1 (0: empty),
     /// bits 32..64 a tag bumped on every change.
     head: AtomicU64,
+    /// Zeroed slots (every byte zero), as a list like the free list's.
+    clean: AtomicU64,
+    /// Slots a zeroing release has cleared down to their window, whose
+    /// pages below it still await `MADV_DONTNEED` (done for many slots in
+    /// one system call, see "Zeroing" on [`StackPool`]).
+    pending: AtomicU64,
+    /// Per slot, in pages: the window a pending slot was cleared down to
+    /// (its pages below are the ones still to release).
+    cleared: Box<[AtomicU32]>,
     /// Per slot: index + 1 of the slot below it on the free list.
     next: Box<[AtomicU32]>,
     /// Per slot: `GUARDED | ARMED | CLEAN` flags.
@@ -335,35 +352,48 @@ impl Drop for Inner {
 ///
 /// A stack acquired with [`StackPool::acquire_zeroed`] (what Wasmtime asks
 /// for with `async_stack_zeroing(true)`), or every returned stack with
-/// [`PoolConfig::zero_on_return`], is made exactly zero when it comes back,
-/// with work in proportion to what its user dirtied:
-/// - every page below a per-slot *window* under the top is released with
-///   one `MADV_DONTNEED` (anonymous pages read as zeros afterwards, however
-///   deep the user went and whatever it skipped);
-/// - in the window, the lowest 64-byte line holding a nonzero byte is
-///   found by reading (clean memory costs a read, no write), and a
-///   `memset` clears from that line to the top.
+/// [`PoolConfig::zero_on_return`], is made exactly zero before it is handed
+/// out zeroed again, with work in proportion to what its user dirtied:
+/// - in a per-slot *window* below the top, the lowest 64-byte line holding
+///   a nonzero byte is found by reading (clean memory costs a read, no
+///   write), and a `memset` clears from that line to the top. This is done
+///   when the stack comes back.
+/// - every page below the window is released with `MADV_DONTNEED`
+///   (anonymous pages read as zeros afterwards, however deep the user went
+///   and whatever it skipped). Returned slots wait on a *pending* list for
+///   this, and a zeroed acquire that finds no clean slot releases up to 16
+///   of them with one `process_madvise` system call (Linux 6.13+, falling
+///   back to one `madvise` per slot), keeps one and puts the others on a
+///   *clean* list, from which the next zeroed acquires take theirs without
+///   a system call.
 ///
 /// Nothing is assumed clean without having been read or released, so the
 /// result is exact wherever the user wrote. The window only decides how
 /// the work is split: it starts at one page, doubles when a use dirtied its
-/// lowest page (the use may have gone deeper, and a deeper window saves
+/// lowest kilobyte (the use may have gone deeper, and a deeper window saves
 /// the page faults next time), shrinks by a page per zeroing towards what
-/// was dirty plus one page, and never exceeds [`PoolConfig::resident`].
-/// A zeroed stack is zeroed again when it comes back (its user is likely
-/// to ask again), and a slot remembers being clean, so a zeroed acquire of
-/// a clean slot costs nothing and a never-used slot is never zeroed. A
-/// zeroed acquire of a slot a plain user returned treats its whole
-/// resident part as the window.
+/// was dirty plus a kilobyte, in whole pages, and never exceeds
+/// [`PoolConfig::resident`].
 ///
-/// Measured here (2 MiB stacks, a Wasmtime request that dirties under one
-/// page): the zeroing costs a read of about 7 KiB, a `memset` of under
-/// 1 KiB and the
-/// `madvise` (about 0.7 µs, most of it the system call's fixed cost);
-/// before the window, a `memset` of the whole 64 KiB resident part and the
-/// same `madvise` cost about 3.5 µs per request. The `madvise` is what
-/// stays: only the kernel knows, exactly, whether a page below the window
-/// was touched.
+/// A zeroed acquire takes, in order: a clean slot, a never-used one, a
+/// batch of pending ones, and only then any other free slot, which it
+/// zeroes on the spot (a slot a plain user returned: its whole resident
+/// part is the window). A plain acquire takes pending and clean slots only
+/// after every other free slot. So zeroed stacks cycle through the slots
+/// instead of reusing the last one, and a pool that is nearly exhausted
+/// may have its last slots in a batch another thread is releasing; a
+/// concurrent acquire can then find it exhausted for that moment.
+///
+/// Measured here (2 MiB stacks, Wasmtime requests that each dirty under one
+/// page, a pool of 16): zeroing adds a read of about 3 KiB and a `memset`
+/// of under 1 KiB per request, and one system call per 16 requests; a new
+/// `Store` per call costs 2.4–2.6 µs with zeroing against 1.5–1.7 µs
+/// without. Before the window and the batches, each release `memset` the
+/// whole 64 KiB resident part and made its own `madvise` (about 1 µs here,
+/// most of it the system call's fixed cost): 6.5 µs with zeroing against
+/// 3.0 µs without, in the run the README reports. Only the kernel knows,
+/// exactly, whether a page below the window was touched, so some system
+/// call stays; the batches share its fixed cost.
 pub struct StackPool {
     inner: Arc<Inner>,
 }
@@ -429,6 +459,9 @@ impl StackPool {
             kind: guard_kind(),
             id,
             head: AtomicU64::new(0),
+            clean: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+            cleared: (0..capacity).map(|_| AtomicU32::new(0)).collect(),
             next: (0..capacity).map(|_| AtomicU32::new(0)).collect(),
             flags: (0..capacity).map(|_| AtomicU8::new(CLEAN)).collect(),
             window: (0..capacity).map(|_| AtomicU32::new(1)).collect(),
@@ -471,11 +504,10 @@ impl StackPool {
     }
 
     /// Like [`acquire`](Self::acquire), but every byte of the stack reads as
-    /// zero, unless the slot is known to be clean already: the dirty pages
-    /// of its resident part are cleared with a `memset` and the rest
-    /// released with `MADV_DONTNEED` (see "Zeroing" on [`StackPool`]). The
-    /// stack is zeroed again when it is returned, so that the next zeroed
-    /// acquire of the slot costs nothing.
+    /// zero. The stack is zeroed again when it is returned, mostly then and
+    /// partly by a later zeroed acquire, which releases the deep pages of
+    /// many returned stacks in one system call (see "Zeroing" on
+    /// [`StackPool`]).
     ///
     /// # Errors
     /// As [`acquire`](Self::acquire).
@@ -486,6 +518,9 @@ impl StackPool {
     #[inline]
     fn take(&self, zeroed: bool) -> Result<PooledStack, Error> {
         let inner = &*self.inner;
+        if zeroed || inner.zero_on_return {
+            return self.take_zeroed();
+        }
         // The warm path: the slot this thread returned last, parked in its
         // cell. One swap, and the strong count it carries is ours.
         let parked = inner.parked[my_cell()].0.swap(EMPTY, Ordering::Acquire);
@@ -499,12 +534,38 @@ impl StackPool {
         self.take_shared(zeroed)
     }
 
-    /// Takes a slot from the free list, a never-used one, or (the pool
-    /// looking exhausted) one parked by another thread.
+    /// A zeroed stack: a clean slot, a never-used one, a batch of pending
+    /// slots released with one system call, or else any slot, zeroed now.
+    #[inline(never)]
+    fn take_zeroed(&self) -> Result<PooledStack, Error> {
+        let inner = &*self.inner;
+        if let Some(index) = inner.pop_from(&inner.clean).or_else(|| inner.bump()) {
+            return self.prepare(index, true, Arc::clone(&self.inner));
+        }
+        if let Some(index) = inner.release_pending() {
+            return self.prepare(index, true, Arc::clone(&self.inner));
+        }
+        let parked = inner.parked[my_cell()].0.swap(EMPTY, Ordering::Acquire);
+        if parked != EMPTY {
+            // SAFETY: as in `take`.
+            let pool = unsafe { Arc::from_raw(Arc::as_ptr(&self.inner)) };
+            return self.prepare(parked - 1, true, pool);
+        }
+        self.take_shared(true)
+    }
+
+    /// Takes a slot from the free list, a never-used one, a clean or
+    /// pending one, or (the pool looking exhausted) one parked by another
+    /// thread.
     #[inline(never)]
     fn take_shared(&self, zeroed: bool) -> Result<PooledStack, Error> {
         let inner = &*self.inner;
-        if let Some(index) = inner.pop().or_else(|| inner.bump()) {
+        let shared = inner
+            .pop()
+            .or_else(|| inner.bump())
+            .or_else(|| inner.pop_from(&inner.clean))
+            .or_else(|| inner.pop_from(&inner.pending));
+        if let Some(index) = shared {
             return self.hand_out(index, zeroed, Arc::clone(&self.inner));
         }
         for cell in inner.parked.iter() {
@@ -641,7 +702,9 @@ impl StackPool {
 
     /// Releases the pages below the resident limit of every free stack
     /// (one `madvise` per slot used so far), whatever the canaries say.
-    /// Stacks out are not touched. Returns how many slots were trimmed.
+    /// Stacks out are not touched, nor those returned zeroed (their pages
+    /// below the zeroing window are released already, or will be before
+    /// any reuse). Returns how many slots were trimmed.
     ///
     /// Slots are taken off the free list while they are trimmed, so a
     /// concurrent [`acquire`](Self::acquire) may see the pool as fuller than
@@ -746,7 +809,21 @@ impl Inner {
     /// Pops the most recently freed slot.
     #[inline]
     fn pop(&self) -> Option<usize> {
-        let mut head = self.head.load(Ordering::Acquire);
+        self.pop_from(&self.head)
+    }
+
+    /// Pushes a slot its caller owns and no longer uses.
+    #[inline]
+    fn push(&self, index: usize) {
+        self.push_to(&self.head, index)
+    }
+
+    /// Pops the top slot of the list whose head is `list` (the free list,
+    /// `clean` or `pending`; they share `next`, a slot being on one list
+    /// at most).
+    #[inline]
+    fn pop_from(&self, list: &AtomicU64) -> Option<usize> {
+        let mut head = list.load(Ordering::Acquire);
         loop {
             let top = head as u32;
             if top == 0 {
@@ -756,29 +833,23 @@ impl Inner {
             // tag makes the CAS below fail.
             let below = self.next[top as usize - 1].load(Ordering::Relaxed);
             let new = (head >> 32).wrapping_add(1) << 32 | u64::from(below);
-            match self
-                .head
-                .compare_exchange_weak(head, new, Ordering::Acquire, Ordering::Acquire)
-            {
+            match list.compare_exchange_weak(head, new, Ordering::Acquire, Ordering::Acquire) {
                 Ok(_) => return Some(top as usize - 1),
                 Err(now) => head = now,
             }
         }
     }
 
-    /// Pushes a slot its caller owns and no longer uses.
+    /// Pushes a slot its caller owns onto the list whose head is `list`.
     #[inline]
-    fn push(&self, index: usize) {
-        let mut head = self.head.load(Ordering::Relaxed);
+    fn push_to(&self, list: &AtomicU64, index: usize) {
+        let mut head = list.load(Ordering::Relaxed);
         loop {
             self.next[index].store(head as u32, Ordering::Relaxed);
             let new = (head >> 32).wrapping_add(1) << 32 | (index as u64 + 1);
             // Release: the slot's memory and flags, written by its last
             // owner, are visible to whoever pops it.
-            match self
-                .head
-                .compare_exchange_weak(head, new, Ordering::Release, Ordering::Relaxed)
-            {
+            match list.compare_exchange_weak(head, new, Ordering::Release, Ordering::Relaxed) {
                 Ok(_) => return,
                 Err(now) => head = now,
             }
@@ -842,42 +913,113 @@ impl Inner {
     /// window only decides how the work is split between the kernel and
     /// the `memset`.
     ///
-    /// Returns how far below the top the window was dirty, in whole pages
-    /// (0 if it was clean).
+    /// Returns how far below the top the window was dirty, from its lowest
+    /// dirty line (0 if it was clean).
     ///
     /// # Safety
     /// The caller owns the slot and nothing lives on it.
     unsafe fn zero(&self, b: StackBounds, window: usize) -> usize {
         let keep_from = b.high - window;
-        if keep_from > b.low {
-            // SAFETY: the caller's contract; low..keep_from is in the slot
-            // and page aligned.
-            if !unsafe { release_pages(b.low, keep_from - b.low) } {
-                // SAFETY: as above; madvise failed, so clear by hand.
-                unsafe { std::ptr::write_bytes(b.low as *mut u8, 0, keep_from - b.low) };
-            }
-        }
+        // SAFETY: the caller's contract; low..keep_from is in the slot and
+        // page aligned.
+        unsafe { release_or_clear(b.low, keep_from - b.low) };
+        // SAFETY: the caller's contract.
+        unsafe { self.clear_window(b, window) }
+    }
+
+    /// The window half of [`zero`](Self::zero): clears the top `window`
+    /// bytes from their lowest dirty line up; returns how far below the
+    /// top they were dirty.
+    ///
+    /// # Safety
+    /// As for `zero`.
+    unsafe fn clear_window(&self, b: StackBounds, window: usize) -> usize {
+        let keep_from = b.high - window;
         // SAFETY: the caller's contract; keep_from..high is in the slot,
         // page aligned.
         let dirty_from = unsafe { first_dirty_line(keep_from, b.high) };
         // SAFETY: the caller's contract; dirty_from..high is in the slot.
         unsafe { std::ptr::write_bytes(dirty_from as *mut u8, 0, b.high - dirty_from) };
-        // In whole pages, like the window (the page size is a power of two).
-        (b.high - dirty_from + self.page - 1) & !(self.page - 1)
+        b.high - dirty_from
+    }
+
+    /// Takes back a slot that was handed out zeroed (or from a pool that
+    /// zeroes on return): its window is cleared now, its pages below the
+    /// window wait on the `pending` list to be released together with
+    /// other slots' (see "Zeroing" on [`StackPool`]).
+    ///
+    /// # Safety
+    /// The caller owns the slot (its handle is being dropped).
+    unsafe fn retire_zeroed(&self, index: usize) {
+        let b = self.bounds(index);
+        let window = self.window(index);
+        // SAFETY: the caller's contract.
+        let dirty = unsafe { self.clear_window(b, window) };
+        self.set_window(index, self.next_window(window, dirty));
+        let flags = &self.flags[index];
+        let f = flags.load(Ordering::Relaxed) & !ARMED;
+        if b.high - window == b.low {
+            // The window is the whole stack: it is all zero now.
+            flags.store(f | CLEAN, Ordering::Relaxed);
+            self.push_to(&self.clean, index);
+        } else {
+            self.cleared[index].store(
+                (window >> self.page.trailing_zeros()) as u32,
+                Ordering::Relaxed,
+            );
+            flags.store(f & !CLEAN, Ordering::Relaxed);
+            self.push_to(&self.pending, index);
+        }
+    }
+
+    /// Takes up to [`RELEASE_BATCH`] pending slots, releases their pages
+    /// below their cleared windows with one system call, marks them clean,
+    /// and returns one of them (the others go on the clean list); `None`
+    /// when nothing is pending.
+    fn release_pending(&self) -> Option<usize> {
+        let mut batch = [0usize; RELEASE_BATCH];
+        let mut n = 0;
+        while n < RELEASE_BATCH {
+            match self.pop_from(&self.pending) {
+                Some(index) => batch[n] = index,
+                None => break,
+            }
+            n += 1;
+        }
+        let batch = &batch[..n];
+        let (&first, rest) = batch.split_first()?;
+        let ranges = batch.iter().map(|&index| {
+            let b = self.bounds(index);
+            let cleared = (self.cleared[index].load(Ordering::Relaxed) as usize) * self.page;
+            (b.low, b.size() - cleared)
+        });
+        // SAFETY: slots we took off the pending list; below its cleared
+        // window each holds nothing anyone will read.
+        unsafe { release_ranges(ranges) };
+        for &index in batch {
+            let flags = &self.flags[index];
+            flags.store(flags.load(Ordering::Relaxed) | CLEAN, Ordering::Relaxed);
+        }
+        for &index in rest.iter().rev() {
+            self.push_to(&self.clean, index);
+        }
+        Some(first)
     }
 
     /// The window for a slot's next zeroing, after one over `window` bytes
-    /// found `dirty` of them dirty. Performance only (any window is exact):
-    /// a use that reached the window's lowest page may have gone deeper,
-    /// so the window doubles; otherwise it shrinks by a page per zeroing
-    /// towards the dirty part plus one page, the page that shows a deeper
-    /// use next time. Bounded by the resident limit.
+    /// found the top `dirty` bytes dirty. Performance only (any window is
+    /// exact): a use that dirtied the lowest [`DEEP_ZONE`] bytes of the
+    /// window may have gone deeper, so the window doubles (the pages it
+    /// needs then stay resident instead of faulting in again every time);
+    /// otherwise it shrinks by a page per zeroing, down to what was dirty
+    /// plus `DEEP_ZONE`, in whole pages. Bounded by the resident limit.
     #[inline]
     fn next_window(&self, window: usize, dirty: usize) -> usize {
-        let next = if window > 0 && dirty == window {
+        let next = if window > 0 && dirty > window.saturating_sub(DEEP_ZONE) {
             window * 2
         } else {
-            (dirty + self.page).max(window.saturating_sub(self.page))
+            let fits = (dirty + DEEP_ZONE + self.page - 1) & !(self.page - 1);
+            fits.max(window.saturating_sub(self.page))
         };
         next.min(self.resident)
     }
@@ -891,27 +1033,20 @@ impl Inner {
     #[inline]
     fn set_window(&self, index: usize, bytes: usize) {
         // At most `resident`, at most MAX_STACK_SIZE: 2^24 pages of 4 KiB.
-        self.window[index].store((bytes / self.page) as u32, Ordering::Relaxed);
+        // (A shift: the page size is a power of two, and a division by a
+        // value read at run time is slow.)
+        let pages = bytes >> self.page.trailing_zeros();
+        self.window[index].store(pages as u32, Ordering::Relaxed);
     }
 
-    /// The work a release may have before the slot goes back: `zero` when
-    /// the pool zeroes every returned stack or this one was handed out
-    /// zeroed (its user is likely to want it zeroed again, and zeroing now
-    /// also releases what it used below the resident limit); else the
+    /// The work a plain release may have before the slot goes back: the
     /// canaries, or releasing every page with a resident limit of 0.
     #[inline(never)]
-    fn clean_up(&self, index: usize, zero: bool) {
+    fn clean_up(&self, index: usize) {
         let b = self.bounds(index);
         let flags = &self.flags[index];
         let f = flags.load(Ordering::Relaxed);
-        let f = if zero {
-            // Handed out zeroed or to a pool that zeroes on return.
-            let window = self.window(index);
-            // SAFETY: the handle that owned the slot is being dropped.
-            let dirty = unsafe { self.zero(b, window) };
-            self.set_window(index, self.next_window(window, dirty));
-            (f | CLEAN) & !ARMED
-        } else if self.tracks_depth() {
+        let f = if self.tracks_depth() {
             // Armed when handed out (not zeroed), so the canaries tell.
             // SAFETY: the handle that owned the slot is being dropped.
             if unsafe { self.tripped(b) } {
@@ -996,6 +1131,81 @@ unsafe fn first_dirty_line(from: usize, to: usize) -> usize {
     line
 }
 
+/// `MADV_DONTNEED` on `addr..addr + len`, or, should that fail, a
+/// `memset`: either way the range reads as zeros afterwards.
+///
+/// # Safety
+/// As [`release_pages`].
+unsafe fn release_or_clear(addr: usize, len: usize) {
+    // SAFETY: the caller's contract.
+    if len > 0 && !unsafe { release_pages(addr, len) } {
+        // SAFETY: as above; madvise failed, so clear by hand.
+        unsafe { std::ptr::write_bytes(addr as *mut u8, 0, len) };
+    }
+}
+
+/// `process_madvise` target meaning "the calling thread", whose memory is
+/// the process's (`PIDFD_SELF_THREAD`, Linux 6.15+; older kernels reject
+/// it with `EBADF`; `PIDFD_SELF_THREAD_GROUP` is refused by 6.18's
+/// `process_madvise`).
+const PIDFD_SELF_THREAD: libc::c_int = -10000;
+
+/// Whether `process_madvise(PIDFD_SELF_THREAD, .., MADV_DONTNEED)` works
+/// here; cleared at its first failure.
+static BATCH_RELEASE: AtomicBool = AtomicBool::new(true);
+
+/// Makes every `(addr, len)` range read as zeros: one `process_madvise`
+/// system call for all of them where the kernel has it (Linux 6.13+ for
+/// `MADV_DONTNEED` on oneself), else [`release_or_clear`] on each.
+///
+/// # Safety
+/// As [`release_pages`], for every range.
+unsafe fn release_ranges(ranges: impl Iterator<Item = (usize, usize)>) {
+    let mut iov = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; RELEASE_BATCH];
+    let mut n = 0;
+    let mut total = 0;
+    for (addr, len) in ranges.filter(|&(_, len)| len > 0).take(RELEASE_BATCH) {
+        iov[n] = libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: len,
+        };
+        n += 1;
+        total += len;
+    }
+    if n == 0 {
+        return;
+    }
+    if BATCH_RELEASE.load(Ordering::Relaxed) {
+        // SAFETY: the caller's contract for every range; `iov` holds `n`
+        // initialised entries and outlives the call.
+        let done = unsafe {
+            libc::syscall(
+                libc::SYS_process_madvise,
+                PIDFD_SELF_THREAD,
+                iov.as_ptr(),
+                n,
+                libc::MADV_DONTNEED,
+                0,
+            )
+        };
+        if done == total as libc::c_long {
+            return;
+        }
+        if done < 0 {
+            BATCH_RELEASE.store(false, Ordering::Relaxed);
+        }
+    }
+    // Not supported, or stopped part way: each range on its own (releasing
+    // a range twice is harmless).
+    for v in &iov[..n] {
+        // SAFETY: the caller's contract.
+        unsafe { release_or_clear(v.iov_base as usize, v.iov_len) };
+    }
+}
+
 /// `MADV_DONTNEED` on `addr..addr + len`; whether it worked.
 ///
 /// # Safety
@@ -1069,12 +1279,18 @@ impl Drop for PooledStack {
     #[inline]
     fn drop(&mut self) {
         let index = self.slot >> 1;
-        let zero = self.slot & 1 != 0;
-        if zero || self.pool.release_work {
-            self.pool.clean_up(index, zero);
-        }
         // SAFETY: `pool` is not used again: the handle is being dropped.
         let pool = unsafe { ManuallyDrop::take(&mut self.pool) };
+        if self.slot & 1 != 0 {
+            // Handed out zeroed, or the pool zeroes every returned stack:
+            // zeroed again now (its user is likely to want it zeroed again).
+            // SAFETY: the slot is ours; its handle is being dropped.
+            unsafe { pool.retire_zeroed(index) };
+            return;
+        }
+        if pool.release_work {
+            pool.clean_up(index);
+        }
         Inner::park(pool, index);
     }
 }
