@@ -852,6 +852,101 @@ fn warm_fiber_under_seccomp_in_child() {
 }
 
 #[test]
+#[cfg_attr(
+    target_arch = "aarch64",
+    ignore = "aarch64 runs under qemu-user, which does not emulate seccomp (PR_SET_SECCOMP: EINVAL)"
+)]
+fn zeroing_is_exact_without_process_madvise() {
+    let out = common::self_command()
+        .args([
+            "--exact",
+            "zeroing_without_process_madvise_in_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "child failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Makes `process_madvise` fail with `ENOSYS` for this process, as on a
+/// kernel without it.
+fn refuse_process_madvise() {
+    use libc::{sock_filter, sock_fprog};
+    const LD_NR: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    let mut prog = [
+        // The syscall number; process_madvise: to the refusal, else allow.
+        sock_filter {
+            code: LD_NR,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        sock_filter {
+            code: JEQ,
+            jt: 1,
+            jf: 0,
+            k: libc::SYS_process_madvise as u32,
+        },
+        sock_filter {
+            code: RET,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ALLOW,
+        },
+        sock_filter {
+            code: RET,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+        },
+    ];
+    let fprog = sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: plain prctl calls; the filter program outlives the call.
+    unsafe {
+        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        let rc = libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &fprog as *const sock_fprog,
+        );
+        assert_eq!(rc, 0, "seccomp: {}", std::io::Error::last_os_error());
+    }
+}
+
+#[test]
+#[ignore = "run in a child process by zeroing_is_exact_without_process_madvise (installs a seccomp filter)"]
+fn zeroing_without_process_madvise_in_child() {
+    refuse_process_madvise();
+    // The batches of returned zeroed stacks fall back to one madvise per
+    // stack: still every byte zero, deep and near the top.
+    const N: usize = 6;
+    let size = 256 << 10;
+    let pool = StackPool::new(PoolConfig::default().stack_size(size).capacity(N)).unwrap();
+    for _ in 0..3 {
+        let stacks: Vec<_> = (0..N).map(|_| pool.acquire_zeroed().unwrap()).collect();
+        assert!(stacks.iter().all(all_zero));
+        for (i, stack) in stacks.iter().enumerate() {
+            dirty_at(stack, &[1 + i, 9000, 150 << 10, size]);
+        }
+    }
+    let stacks: Vec<_> = (0..N).map(|_| pool.acquire_zeroed().unwrap()).collect();
+    assert!(stacks.iter().all(all_zero));
+}
+
+#[test]
 fn trim_releases_what_the_canaries_missed() {
     let keep = 64 << 10;
     let pool = StackPool::new(
