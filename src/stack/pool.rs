@@ -225,7 +225,9 @@ struct Inner {
     /// Per thread group: a free slot parked by the last stack a thread of
     /// the group returned (see "Free list" on [`StackPool`]). A parked slot
     /// carries one strong count of the `Arc` this is in.
-    parked: Box<[ParkingCell]>,
+    /// (A fixed-size array: indexing it with a cell index needs no bounds
+    /// check.)
+    parked: [ParkingCell; PARKING_CELLS],
     /// The flags of a slot that a plain acquire can hand out as it is:
     /// `GUARDED`, plus `ARMED` when depth is tracked.
     ready: u8,
@@ -466,9 +468,7 @@ impl StackPool {
             flags: (0..capacity).map(|_| AtomicU8::new(CLEAN)).collect(),
             window: (0..capacity).map(|_| AtomicU32::new(1)).collect(),
             page,
-            parked: (0..PARKING_CELLS)
-                .map(|_| ParkingCell(AtomicUsize::new(EMPTY)))
-                .collect(),
+            parked: std::array::from_fn(|_| ParkingCell(AtomicUsize::new(EMPTY))),
             ready: GUARDED | if tracks_depth { ARMED } else { 0 },
             release_work: tracks_depth || resident == 0,
             fresh: AtomicUsize::new(0),
