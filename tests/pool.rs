@@ -192,7 +192,7 @@ fn zeroed_acquire_reads_as_zeros() {
         PoolConfig::default()
             .stack_size(256 << 10)
             .resident(64 << 10)
-            .capacity(2),
+            .capacity(1),
     )
     .unwrap();
     let stack = pool.acquire().unwrap();
@@ -221,12 +221,39 @@ fn zeroed_acquire_reads_as_zeros() {
 }
 
 #[test]
+fn zeroed_stacks_released_together_read_as_zeros() {
+    // Zeroed stacks coming back wait for their deep pages to be released
+    // many at a time; every one handed out zeroed again reads as zeros,
+    // near the top and deep down.
+    const N: usize = 12;
+    let size = 256 << 10;
+    let pool = StackPool::new(PoolConfig::default().stack_size(size).capacity(N)).unwrap();
+    for round in 0..3 {
+        let stacks: Vec<_> = (0..N).map(|_| pool.acquire_zeroed().unwrap()).collect();
+        for (i, stack) in stacks.iter().enumerate() {
+            assert!(all_zero(stack), "round {round}, slot {}", stack.slot());
+            dirty_at(stack, &[1 + i, 5000 + i * 64, 100 << 10, size - i]);
+        }
+        assert_eq!(pool.in_use(), N);
+        drop(stacks);
+        assert_eq!(pool.in_use(), 0);
+    }
+    // A plain acquire may take a stack whose deep pages are still to be
+    // released; a zeroed acquire after it still gets zeros.
+    let plain = pool.acquire().unwrap();
+    dirty_at(&plain, &[1, 100 << 10]);
+    drop(plain);
+    let all: Vec<_> = (0..N).map(|_| pool.acquire_zeroed().unwrap()).collect();
+    assert!(all.iter().all(all_zero));
+}
+
+#[test]
 fn zero_on_return_clears_every_returned_stack() {
     let pool = StackPool::new(
         PoolConfig::default()
             .stack_size(128 << 10)
             .zero_on_return(true)
-            .capacity(2),
+            .capacity(1),
     )
     .unwrap();
     let stack = pool.acquire().unwrap();
@@ -246,6 +273,142 @@ fn zero_on_return_clears_every_returned_stack() {
     drop(fiber);
     let stack = pool.acquire().unwrap();
     assert_eq!(stack.slot(), slot);
+    assert!(all_zero(&stack));
+}
+
+/// Writes 0xa5 at each of `offsets` (bytes below the top) of `stack`.
+fn dirty_at(stack: &impl Stack, offsets: &[usize]) {
+    let b = stack.bounds();
+    for &off in offsets {
+        // SAFETY: high - off is in low..high of the stack we hold (off is
+        // 1..=size); no fiber runs on it.
+        unsafe { ((b.high - off) as *mut u8).write_volatile(0xa5) };
+    }
+}
+
+/// The bytes at `offsets` below the top of `stack`.
+fn read_at(stack: &impl Stack, offsets: &[usize]) -> Vec<u8> {
+    let b = stack.bounds();
+    offsets
+        .iter()
+        // SAFETY: as in `dirty_at`, reading.
+        .map(|&off| unsafe { ((b.high - off) as *const u8).read_volatile() })
+        .collect()
+}
+
+#[test]
+fn zeroing_misses_no_dirty_byte_at_any_depth() {
+    const K: usize = 1 << 10;
+    let size = 256 * K;
+    let pool = StackPool::new(
+        PoolConfig::default()
+            .stack_size(size)
+            .resident(64 * K)
+            .capacity(1),
+    )
+    .unwrap();
+    let p = page();
+    // Each use dirties single bytes (offsets below the top) and leaves the
+    // pages between them untouched; the next zeroed acquire must read
+    // every one of them back as 0. Reading only those bytes keeps the
+    // untouched pages untouched (not even mapped to the zero page).
+    let mut uses: Vec<Vec<usize>> = vec![
+        vec![100],
+        // Far below the resident part, pages never touched in between.
+        vec![100, 200 * K],
+        // The lowest byte of the stack, and the first page below the top.
+        vec![size, p + 1],
+        // In the resident part but below a one- or two-page window.
+        vec![40 * K],
+        // Just below and just above the resident limit.
+        vec![64 * K + 1, 64 * K],
+        // Only deep: nothing near the top at all.
+        vec![128 * K + 7],
+    ];
+    // One byte in every page, one page per use, the in-page offset moving.
+    for k in 0..size / p {
+        uses.push(vec![k * p + 1 + (k * 97) % (p - 1)]);
+    }
+    // A use that fills 48 KiB from the top (the window grows to the
+    // resident limit), then single bytes inside, at the bottom of, and
+    // below the grown window.
+    let mut deep_use: Vec<usize> = (1..=48 * K).collect();
+    uses.push(std::mem::take(&mut deep_use));
+    uses.extend([
+        vec![30 * K],
+        vec![48 * K],
+        vec![64 * K],
+        vec![64 * K + p],
+        vec![1],
+    ]);
+
+    let first = pool.acquire_zeroed().unwrap();
+    let slot = first.slot();
+    assert!(all_zero(&first));
+    drop(first);
+    let mut previous: Vec<usize> = Vec::new();
+    for (i, now) in uses.iter().enumerate() {
+        let stack = pool.acquire_zeroed().unwrap();
+        assert_eq!(stack.slot(), slot);
+        let left = read_at(&stack, &previous);
+        assert!(
+            left.iter().all(|&x| x == 0),
+            "use {i}: a byte dirtied by use {} survived the zeroing: offsets {previous:?} read {left:?}",
+            i.saturating_sub(1)
+        );
+        dirty_at(&stack, now);
+        previous = now.clone();
+        drop(stack);
+    }
+    let stack = pool.acquire_zeroed().unwrap();
+    assert!(all_zero(&stack));
+
+    // A plain user's leftovers, sparse: the zeroed acquire after it must
+    // find them too.
+    drop(stack);
+    let stack = pool.acquire().unwrap();
+    let plain = [1, 20 * K, 63 * K, 64 * K + 1, 100 * K, size];
+    dirty_at(&stack, &plain);
+    drop(stack);
+    let stack = pool.acquire_zeroed().unwrap();
+    assert_eq!(read_at(&stack, &plain), vec![0; plain.len()]);
+    assert!(all_zero(&stack));
+}
+
+#[test]
+fn zeroed_stacks_keep_resident_what_their_uses_need() {
+    const K: usize = 1 << 10;
+    let size = 256 * K;
+    let pool = StackPool::new(
+        PoolConfig::default()
+            .stack_size(size)
+            .resident(64 * K)
+            .capacity(1),
+    )
+    .unwrap();
+    let p = page();
+    let stack = pool.acquire_zeroed().unwrap();
+    let b = stack.bounds();
+    drop(stack);
+    // Shallow uses: the pages below the top two are released, whatever
+    // the resident limit.
+    for _ in 0..4 {
+        let stack = pool.acquire_zeroed().unwrap();
+        dirty_at(&stack, &[8, 900]);
+        drop(stack);
+    }
+    assert!(resident_pages(b.low, b.size() - 2 * p).iter().all(|&r| !r));
+    // Uses 40 KiB deep: the window grows, the pages they use stay resident
+    // (no page faults next time), nothing below the resident limit does.
+    for _ in 0..8 {
+        let stack = pool.acquire_zeroed().unwrap();
+        // SAFETY: the top 40 KiB of the stack we hold.
+        unsafe { std::ptr::write_bytes((b.high - 40 * K) as *mut u8, 3, 40 * K) };
+        drop(stack);
+    }
+    assert!(resident_pages(b.high - 40 * K, 40 * K).iter().all(|&r| r));
+    assert!(resident_pages(b.low, size - 64 * K).iter().all(|&r| !r));
+    let stack = pool.acquire_zeroed().unwrap();
     assert!(all_zero(&stack));
 }
 
@@ -442,6 +605,53 @@ fn a_stack_outlives_its_pool() {
         locate(b.low),
         Some(StackLocation::PoolSlot { .. })
     ));
+
+    // Stacks returned while the pool lived sit parked in per-thread cells
+    // (this thread's and other threads'); the last handle going unmaps the
+    // region all the same.
+    let pool = StackPool::new(PoolConfig::default().stack_size(64 << 10).capacity(8)).unwrap();
+    let region = pool.region();
+    drop(pool.acquire().unwrap());
+    let remote = pool.clone();
+    std::thread::spawn(move || {
+        let held: Vec<_> = (0..3).map(|_| remote.acquire().unwrap()).collect();
+        drop(held);
+    })
+    .join()
+    .unwrap();
+    assert_eq!(pool.in_use(), 0);
+    assert!(vmas_in(region.clone()) > 0);
+    drop(pool);
+    assert_eq!(vmas_in(region), 0, "parked stacks kept the region mapped");
+
+    // The last handle going while other threads return their stacks at
+    // the same moment: whichever order they meet in, the region goes with
+    // the last of them.
+    for round in 0..50 {
+        let pool = StackPool::new(PoolConfig::default().stack_size(64 << 10).capacity(8)).unwrap();
+        let region = pool.region();
+        let start = Arc::new(Barrier::new(5));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let stacks: Vec<_> = (0..2).map(|_| pool.acquire().unwrap()).collect();
+                let start = start.clone();
+                std::thread::spawn(move || {
+                    start.wait();
+                    drop(stacks);
+                })
+            })
+            .collect();
+        start.wait();
+        drop(pool);
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(
+            vmas_in(region),
+            0,
+            "round {round}: the region is still mapped"
+        );
+    }
 }
 
 #[test]
@@ -642,6 +852,101 @@ fn warm_fiber_under_seccomp_in_child() {
 }
 
 #[test]
+#[cfg_attr(
+    target_arch = "aarch64",
+    ignore = "aarch64 runs under qemu-user, which does not emulate seccomp (PR_SET_SECCOMP: EINVAL)"
+)]
+fn zeroing_is_exact_without_process_madvise() {
+    let out = common::self_command()
+        .args([
+            "--exact",
+            "zeroing_without_process_madvise_in_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "child failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Makes `process_madvise` fail with `ENOSYS` for this process, as on a
+/// kernel without it.
+fn refuse_process_madvise() {
+    use libc::{sock_filter, sock_fprog};
+    const LD_NR: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    let mut prog = [
+        // The syscall number; process_madvise: to the refusal, else allow.
+        sock_filter {
+            code: LD_NR,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        sock_filter {
+            code: JEQ,
+            jt: 1,
+            jf: 0,
+            k: libc::SYS_process_madvise as u32,
+        },
+        sock_filter {
+            code: RET,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ALLOW,
+        },
+        sock_filter {
+            code: RET,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+        },
+    ];
+    let fprog = sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: plain prctl calls; the filter program outlives the call.
+    unsafe {
+        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        let rc = libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &fprog as *const sock_fprog,
+        );
+        assert_eq!(rc, 0, "seccomp: {}", std::io::Error::last_os_error());
+    }
+}
+
+#[test]
+#[ignore = "run in a child process by zeroing_is_exact_without_process_madvise (installs a seccomp filter)"]
+fn zeroing_without_process_madvise_in_child() {
+    refuse_process_madvise();
+    // The batches of returned zeroed stacks fall back to one madvise per
+    // stack: still every byte zero, deep and near the top.
+    const N: usize = 6;
+    let size = 256 << 10;
+    let pool = StackPool::new(PoolConfig::default().stack_size(size).capacity(N)).unwrap();
+    for _ in 0..3 {
+        let stacks: Vec<_> = (0..N).map(|_| pool.acquire_zeroed().unwrap()).collect();
+        assert!(stacks.iter().all(all_zero));
+        for (i, stack) in stacks.iter().enumerate() {
+            dirty_at(stack, &[1 + i, 9000, 150 << 10, size]);
+        }
+    }
+    let stacks: Vec<_> = (0..N).map(|_| pool.acquire_zeroed().unwrap()).collect();
+    assert!(stacks.iter().all(all_zero));
+}
+
+#[test]
 fn trim_releases_what_the_canaries_missed() {
     let keep = 64 << 10;
     let pool = StackPool::new(
@@ -703,6 +1008,43 @@ fn touch_guard_in_child() {
     unsafe { ((b.low - 1) as *mut u8).write_volatile(1) };
     // Only reached if the guard did not fault.
     std::process::exit(0);
+}
+
+#[test]
+fn stacks_parked_by_other_threads_are_found_before_exhaustion() {
+    // Each thread's last returned stack waits in its parking cell; a pool
+    // whose every free slot is parked by threads that have since ended
+    // still hands all of them out, and counts none of them as in use.
+    const CAPACITY: usize = 6;
+    let pool = StackPool::new(
+        PoolConfig::default()
+            .stack_size(64 << 10)
+            .capacity(CAPACITY),
+    )
+    .unwrap();
+    for _ in 0..3 {
+        let threads: Vec<_> = (0..CAPACITY)
+            .map(|_| {
+                let stack = pool.acquire().unwrap();
+                std::thread::spawn(move || drop(stack))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(pool.in_use(), 0);
+        let all: Vec<_> = (0..CAPACITY).map(|_| pool.acquire().unwrap()).collect();
+        assert_eq!(pool.in_use(), CAPACITY);
+        let mut slots: Vec<_> = all.iter().map(|s| s.slot()).collect();
+        slots.sort();
+        assert_eq!(slots, (0..CAPACITY).collect::<Vec<_>>());
+        assert!(matches!(
+            pool.acquire(),
+            Err(Error::PoolExhausted { capacity: CAPACITY })
+        ));
+        drop(all);
+        assert_eq!(pool.in_use(), 0);
+    }
 }
 
 #[test]
