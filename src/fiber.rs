@@ -377,18 +377,43 @@ impl<I: 'static, Y: 'static, R, S: Stack> Fiber<I, Y, R, S> {
     /// stack is then leaked and this returns `None`.
     #[inline]
     pub fn into_stack(self) -> Option<S> {
-        let mut this = ManuallyDrop::new(self);
+        // The common case, a finished fiber, touches only what it hands back.
+        if !self.is_finished() {
+            return self.into_stack_unfinished();
+        }
+        // SAFETY: the fiber holds nothing on its stack.
+        Some(unsafe { self.take_stack() })
+    }
+
+    /// Moves the stack out of a fiber that holds nothing on it, and forgets
+    /// the fiber (whose `drop` would drop the stack again).
+    ///
+    /// # Safety
+    /// The fiber must be finished or ended (`end`).
+    #[inline(always)]
+    unsafe fn take_stack(mut self) -> S {
+        if self.valgrind_stack != 0 {
+            let b = self.stack.bounds();
+            crate::valgrind::stack_deregister(self.valgrind_stack, b.low, b.high);
+        }
+        // SAFETY: `self` is forgotten right after, so the stack is moved out
+        // exactly once; the caller says nothing lives on it.
+        let stack = unsafe { ManuallyDrop::take(&mut self.stack) };
+        std::mem::forget(self);
+        stack
+    }
+
+    /// `into_stack` for a fresh or suspended fiber.
+    #[inline(never)]
+    fn into_stack_unfinished(mut self) -> Option<S> {
         let mut pending = None;
-        if !this.end(&mut pending) {
+        if !self.end_unfinished(&mut pending) {
+            // Its stack must be leaked (see `end_unfinished`).
+            std::mem::forget(self);
             return None;
         }
-        if this.valgrind_stack != 0 {
-            let b = this.stack.bounds();
-            crate::valgrind::stack_deregister(this.valgrind_stack, b.low, b.high);
-        }
-        // SAFETY: `end` left nothing on the stack; `this` is never dropped,
-        // so the stack is moved out exactly once.
-        let stack = unsafe { ManuallyDrop::take(&mut this.stack) };
+        // SAFETY: `end_unfinished` left nothing on the stack.
+        let stack = unsafe { self.take_stack() };
         if let Some(payload) = pending {
             // The stack is dropped (returned) as this unwinds.
             resume_unwind(payload);
@@ -424,22 +449,13 @@ impl<I: 'static, Y: 'static, R, S: Stack> Fiber<I, Y, R, S> {
         SendFiber(self)
     }
 
-    /// Ends a fresh or suspended fiber so its stack holds nothing; returns
-    /// false if the stack must be leaked instead (a suspended fiber under
-    /// `panic = "abort"`).
-    #[inline]
+    /// Ends a fresh or suspended fiber so its stack holds nothing: resumes
+    /// it with `resume_drop`, which makes a fresh fiber drop its closure and
+    /// a suspended one unwind. Returns false if the stack must be leaked
+    /// instead: under `panic = "abort"` a suspended fiber cannot unwind.
     /// A panic that ending the fiber raised (a destructor, or a fiber that
     /// caught the forced unwind and panicked) is left in `pending`, for the
     /// caller to continue once the stack is released.
-    fn end(&mut self, pending: &mut Option<Box<dyn Any + Send>>) -> bool {
-        // The common case, a fiber that ran to completion, stays inline.
-        self.is_finished() || self.end_unfinished(pending)
-    }
-
-    /// `end` for a fresh or suspended fiber: resumes it with `resume_drop`,
-    /// which makes a fresh fiber drop its closure and a suspended one unwind. Under
-    /// `panic = "abort"` a suspended fiber cannot unwind: false, its stack
-    /// must be leaked.
     #[inline(never)]
     fn end_unfinished(&mut self, pending: &mut Option<Box<dyn Any + Send>>) -> bool {
         if cfg!(panic = "unwind") || !self.is_started() {

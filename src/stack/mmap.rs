@@ -13,7 +13,11 @@ use crate::Error;
 const MADV_GUARD_INSTALL: libc::c_int = 102;
 
 /// How guard regions are made.
+// A word, like the other fields of the stacks that hold it: a one-byte field
+// leaves seven bytes of padding that moves of a stack (or an Option of one)
+// copy in odd-sized pieces, which stalls store-to-load forwarding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(usize)]
 pub enum GuardKind {
     /// `madvise(MADV_GUARD_INSTALL)`: guard markers in the page tables. The
     /// mapping is not split, so a stack costs no extra VMA and the number of
