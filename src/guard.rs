@@ -64,13 +64,14 @@ mod signal;
 #[cfg(feature = "wasmtime")]
 pub mod wasmtime;
 
+use std::any::Any;
 use std::cell::Cell;
 use std::mem::{ManuallyDrop, MaybeUninit};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::arch::call_on_stack;
-use crate::stack::lookup::{locate, thread_stack_cached};
+use crate::stack::lookup::{self, locate, thread_stack_cached};
 use crate::{Error, StackBounds};
 
 pub use report::{peak_report, reset_peaks, PeakEntry, PeakReport};
@@ -303,12 +304,12 @@ pub fn with_stack_budget<R>(budget: usize, f: impl FnOnce() -> R) -> Result<R, E
 }
 
 /// A guarded call in progress on this thread, as the fault handler reports
-/// it.
+/// it. Its stack is the one containing `sp` (which lies inside it, at most
+/// `low + budget`), so the bounds need not be stored.
 #[derive(Clone, Copy)]
 pub(crate) struct ActiveGuard {
     pub(crate) name: &'static str,
     pub(crate) budget: usize,
-    pub(crate) bounds: StackBounds,
     /// The lowered stack pointer `f` started from.
     pub(crate) sp: usize,
 }
@@ -320,35 +321,86 @@ pub(crate) const MAX_NESTED: usize = 8;
 const NO_GUARD: ActiveGuard = ActiveGuard {
     name: "",
     budget: 0,
-    bounds: StackBounds {
-        low: 0,
-        high: 0,
-        guard: 0,
-    },
     sp: 0,
 };
 
-/// The guarded calls running on this thread, outermost first, kept by value
-/// in thread-local storage (never pointers into stacks: a fiber that is
-/// suspended inside a guarded call, then dropped, leaves nothing dangling
-/// for the signal handler to follow).
-pub(crate) struct ActiveGuards {
+/// Bounds that contain no address: "no stack cached".
+const NO_STACK: StackBounds = StackBounds {
+    low: 0,
+    high: 0,
+    guard: 0,
+};
+
+/// Everything a guarded call keeps per thread, in one constant-initialised
+/// thread-local without a destructor: one thread-local access per call, no
+/// lazy-initialisation branch, and readable from a signal handler.
+pub(crate) struct GuardThread {
+    /// The stack the last guarded call on this thread started from, as the
+    /// lookup table described it at `epoch`. [`NO_STACK`] until the first
+    /// guarded call on this thread has prepared it (fault handler installed,
+    /// alternate signal stack checked), so a hit also means "prepared".
+    stack: Cell<StackBounds>,
+    /// [`lookup::epoch`] when `stack` was looked up.
+    epoch: Cell<usize>,
+    /// The guarded calls running on this thread, outermost first, kept by
+    /// value (never pointers into stacks: a fiber that is suspended inside a
+    /// guarded call, then dropped, leaves nothing dangling for the signal
+    /// handler to follow).
     pub(crate) depth: Cell<usize>,
     pub(crate) entries: [Cell<ActiveGuard>; MAX_NESTED],
 }
 
 thread_local! {
-    /// Constant-initialised and without a destructor: readable from a
-    /// signal handler.
-    pub(crate) static ACTIVE: ActiveGuards = const {
-        ActiveGuards {
+    pub(crate) static THREAD: GuardThread = const {
+        GuardThread {
+            stack: Cell::new(NO_STACK),
+            epoch: Cell::new(0),
             depth: Cell::new(0),
             entries: [const { Cell::new(NO_GUARD) }; MAX_NESTED],
         }
     };
 }
 
-impl ActiveGuards {
+impl GuardThread {
+    /// The bounds of the stack `sp` is on, if this thread's last guarded
+    /// call was on the same stack and no pool has come or gone since.
+    #[inline(always)]
+    fn cached(&self, sp: usize) -> Option<StackBounds> {
+        let bounds = self.stack.get();
+        (bounds.contains(sp) && self.epoch.get() == lookup::epoch()).then_some(bounds)
+    }
+
+    /// The first guarded call on this thread, or the first on another stack
+    /// (or after a pool came or went): check the budget's lower limit,
+    /// find the stack, prepare the thread, and cache the stack.
+    #[cold]
+    #[inline(never)]
+    fn prepare(&self, sp: usize, budget: usize) -> Result<StackBounds, Error> {
+        if budget < MIN_BUDGET {
+            return Err(Error::BudgetTooSmall {
+                budget,
+                minimum: MIN_BUDGET,
+            });
+        }
+        // Read before the lookup: a change racing with it invalidates the
+        // answer at the next call.
+        let epoch = lookup::epoch();
+        // A thread's own stack never overlaps a pool slot: check the cached
+        // one first and skip the region table on thread stacks.
+        let bounds = match thread_stack_cached().filter(|b| b.contains(sp)) {
+            Some(thread) => thread,
+            None => match locate(sp) {
+                Some(location) => location.bounds(),
+                None => return Err(Error::UnknownStack),
+            },
+        };
+        signal::ensure_ready()?;
+        self.stack.set(bounds);
+        self.epoch.set(epoch);
+        Ok(bounds)
+    }
+
+    #[inline(always)]
     fn push(&self, guard: ActiveGuard) {
         let depth = self.depth.get();
         if let Some(entry) = self.entries.get(depth) {
@@ -357,19 +409,43 @@ impl ActiveGuards {
         self.depth.set(depth + 1);
     }
 
+    #[inline(always)]
     fn pop(&self) {
         self.depth.set(self.depth.get().saturating_sub(1));
+    }
+}
+
+/// The error for a budget that does not fit: below [`MIN_BUDGET`], above the
+/// stack's size, or above `room`, what the caller has left.
+#[cold]
+#[inline(never)]
+fn budget_error(budget: usize, bounds: StackBounds, room: usize) -> Error {
+    if budget < MIN_BUDGET {
+        Error::BudgetTooSmall {
+            budget,
+            minimum: MIN_BUDGET,
+        }
+    } else if budget > bounds.size() {
+        Error::BudgetTooLarge {
+            budget,
+            available: bounds.size(),
+        }
+    } else {
+        Error::BudgetTooLarge {
+            budget,
+            available: room,
+        }
     }
 }
 
 /// What the budget stack's entry frame shares with the caller: the closure
 /// going in, its value or its panic coming out. No `Option`s: the entry
 /// frame takes the closure exactly once and writes exactly one of the two
-/// outcomes, which `guarded_call` reads back once.
+/// outcomes, which `call_with_budget` reads back once.
 struct Call<F, R> {
     f: ManuallyDrop<F>,
     out: MaybeUninit<R>,
-    panic: Option<Box<dyn std::any::Any + Send>>,
+    panic: Option<Box<dyn Any + Send>>,
 }
 
 /// The first frame on the lowered stack: runs the closure and catches its
@@ -379,8 +455,8 @@ struct Call<F, R> {
 /// `arg` must point to a live `Call<F, R>` whose closure has not been taken,
 /// used by no one else for the duration of the call.
 unsafe extern "C" fn enter_budget<F: FnOnce() -> R, R>(arg: *mut u8) {
-    // SAFETY: `guarded_call` passes its own `Call<F, R>`, borrowed for the
-    // whole of `call_on_stack`, and touches it only after we return.
+    // SAFETY: `call_with_budget` passes its own `Call<F, R>`, borrowed for
+    // the whole of `call_on_stack`, and touches it only after we return.
     let call = unsafe { &mut *arg.cast::<Call<F, R>>() };
     // SAFETY: the closure is taken here, once (the caller's contract).
     let f = unsafe { ManuallyDrop::take(&mut call.f) };
@@ -407,66 +483,63 @@ fn stack_pointer() -> usize {
     sp
 }
 
-/// The `Enforce`/`Measure` path of a guarded call.
-#[inline(never)]
+/// The `Enforce`/`Measure` path of a guarded call. Inlined into
+/// [`StackGuard::run`]: on a stack that this thread's previous guarded call
+/// also ran on, it is a few compares, four stores for the fault handler and
+/// the switch; everything else is out of line.
+#[inline(always)]
 fn guarded_call<F: FnOnce() -> R, R>(
     name: &'static str,
     budget: usize,
     measure: bool,
     f: F,
 ) -> Result<R, Error> {
-    if budget < MIN_BUDGET {
-        return Err(Error::BudgetTooSmall {
-            budget,
-            minimum: MIN_BUDGET,
-        });
-    }
     let sp = stack_pointer();
-    // A thread's own stack never overlaps a pool slot: check the cached
-    // one first and skip the region table on thread stacks.
-    let bounds = match thread_stack_cached().filter(|b| b.contains(sp)) {
-        Some(thread) => thread,
-        None => match locate(sp) {
-            Some(location) => location.bounds(),
-            None => return Err(Error::UnknownStack),
-        },
+    // Small closures only: each `with` then inlines to one access at a
+    // fixed offset from the thread pointer.
+    let bounds = match THREAD.with(|thread| thread.cached(sp)) {
+        Some(bounds) => bounds,
+        None => THREAD.with(|thread| thread.prepare(sp, budget))?,
     };
-    if budget > bounds.size() {
-        return Err(Error::BudgetTooLarge {
-            budget,
-            available: bounds.size(),
-        });
-    }
-    let left = sp.saturating_sub(bounds.low).saturating_sub(SWITCH_RESERVE);
-    if budget > left {
-        return Err(Error::BudgetTooLarge {
-            budget,
-            available: left,
-        });
-    }
-    signal::ensure_ready()?;
-
-    let new_sp = (bounds.low + budget) & !15;
-    let painted_top = new_sp.min(sp - PAINT_RESERVE).max(bounds.low);
     if measure {
-        // Below our stack pointer, so gone as far as memcheck knows.
-        crate::valgrind::mark_defined(bounds.low, painted_top - bounds.low);
-        // SAFETY: `low..painted_top` is mapped stack memory below our stack
-        // pointer by at least PAINT_RESERVE, so no live frame is in it and
-        // memset's own frame stays above it.
-        unsafe {
-            std::ptr::write_bytes(bounds.low as *mut u8, PAINT, painted_top - bounds.low);
-        }
+        return measured_call(name, budget, bounds, f);
     }
+    // `sp` is inside `bounds`, so this does not wrap.
+    let room = (sp - bounds.low).saturating_sub(SWITCH_RESERVE);
+    if budget < MIN_BUDGET || budget > room {
+        return Err(budget_error(budget, bounds, room));
+    }
+    let entry = ActiveGuard {
+        name,
+        budget,
+        sp: (bounds.low + budget) & !15,
+    };
+    // SAFETY: entry.sp is 16-byte aligned and at least SWITCH_RESERVE below
+    // our stack pointer (budget <= room); `low..entry.sp` is unused stack of
+    // the stack we are on, ending in its guard region.
+    match unsafe { call_with_budget(entry, f) } {
+        Ok(value) => Ok(value),
+        Err(payload) => panic::resume_unwind(payload),
+    }
+}
 
-    ACTIVE.with(|a| {
-        a.push(ActiveGuard {
-            name,
-            budget,
-            bounds,
-            sp: new_sp,
-        })
-    });
+/// Runs `f` with the stack pointer at `entry.sp`, named in this thread's
+/// active guards for the fault handler while it runs; its value, or its
+/// panic's payload.
+///
+/// The thread-local is looked up again after the call: `f` may suspend a
+/// fiber that is resumed on another thread.
+///
+/// # Safety
+/// `entry.sp` must be 16-byte aligned, at least [`SWITCH_RESERVE`] below
+/// the caller's stack pointer, on the stack the caller runs on, with
+/// nothing live between it and that stack's guard region.
+#[inline(always)]
+unsafe fn call_with_budget<F: FnOnce() -> R, R>(
+    entry: ActiveGuard,
+    f: F,
+) -> Result<R, Box<dyn Any + Send>> {
+    THREAD.with(|thread| thread.push(entry));
     let mut call = Call {
         f: ManuallyDrop::new(f),
         out: MaybeUninit::uninit(),
@@ -474,29 +547,67 @@ fn guarded_call<F: FnOnce() -> R, R>(
     };
     // The entry function catches every panic: nothing unwinds through the
     // switch. `call` lives in this frame until call_on_stack returns.
-    // SAFETY: new_sp is 16-byte aligned, SWITCH_RESERVE below our sp (checked
-    // above); `low..new_sp` is unused mapped stack ending in the guard region.
+    // SAFETY: the caller's contract is call_on_stack's; enter_budget does
+    // not unwind.
     unsafe {
         call_on_stack(
             (&raw mut call).cast(),
             enter_budget::<F, R>,
-            new_sp as *mut u8,
+            entry.sp as *mut u8,
         );
     }
-    ACTIVE.with(ActiveGuards::pop);
-
-    if measure {
-        // Below our stack pointer again, so gone as far as memcheck knows.
-        crate::valgrind::mark_defined(bounds.low, painted_top - bounds.low);
-        // SAFETY: we painted `low..painted_top` and the call is over; the
-        // memory is still mapped stack below our stack pointer.
-        let deepest = unsafe { deepest_touched(bounds.low, painted_top) };
-        report::record(name, budget, new_sp - deepest);
-    }
+    THREAD.with(GuardThread::pop);
     match call.panic {
-        Some(payload) => panic::resume_unwind(payload),
+        Some(payload) => Err(payload),
         // SAFETY: without a panic, enter_budget wrote the closure's value.
         None => Ok(unsafe { call.out.assume_init_read() }),
+    }
+}
+
+/// The `Measure` path: paint the budget, run `f` under it, find and record
+/// the deepest byte it touched (also when it panicked), then return its
+/// value or resume its panic. Out of line, so it checks the budget against
+/// its own frame.
+#[inline(never)]
+fn measured_call<F: FnOnce() -> R, R>(
+    name: &'static str,
+    budget: usize,
+    bounds: StackBounds,
+    f: F,
+) -> Result<R, Error> {
+    let sp = stack_pointer();
+    let room = sp.saturating_sub(bounds.low).saturating_sub(SWITCH_RESERVE);
+    if budget < MIN_BUDGET || budget > room {
+        return Err(budget_error(budget, bounds, room));
+    }
+    let low = bounds.low;
+    let entry = ActiveGuard {
+        name,
+        budget,
+        sp: (low + budget) & !15,
+    };
+    let painted_top = entry.sp.min(sp - PAINT_RESERVE).max(low);
+    // Below our stack pointer, so gone as far as memcheck knows.
+    crate::valgrind::mark_defined(low, painted_top - low);
+    // SAFETY: `low..painted_top` is mapped stack memory below our stack
+    // pointer by at least PAINT_RESERVE, so no live frame is in it and
+    // memset's own frame stays above it.
+    unsafe {
+        std::ptr::write_bytes(low as *mut u8, PAINT, painted_top - low);
+    }
+    // SAFETY: entry.sp is 16-byte aligned and at least SWITCH_RESERVE below
+    // our stack pointer (budget <= room); `low..entry.sp` is unused stack of
+    // the stack we are on, ending in its guard region.
+    let outcome = unsafe { call_with_budget(entry, f) };
+    // Below our stack pointer again, so gone as far as memcheck knows.
+    crate::valgrind::mark_defined(low, painted_top - low);
+    // SAFETY: we painted `low..painted_top` and the call is over; the
+    // memory is still mapped stack below our stack pointer.
+    let deepest = unsafe { deepest_touched(low, painted_top) };
+    report::record(name, budget, entry.sp - deepest);
+    match outcome {
+        Ok(value) => Ok(value),
+        Err(payload) => panic::resume_unwind(payload),
     }
 }
 

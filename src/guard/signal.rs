@@ -39,7 +39,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
-use super::{ActiveGuard, ACTIVE};
+use super::{ActiveGuard, THREAD};
 use crate::stack::lookup::{locate_in_signal, thread_stack_cached, StackLocation};
 use crate::{page_size, Error, StackBounds};
 
@@ -337,14 +337,15 @@ pub unsafe fn handle_fault(
 
 /// The innermost guarded call on this thread running on the stack `bounds`.
 fn active_guard_on(bounds: StackBounds) -> Option<ActiveGuard> {
-    ACTIVE
-        .try_with(|active| {
-            let depth = active.depth.get().min(active.entries.len());
-            active.entries[..depth]
+    THREAD
+        .try_with(|thread| {
+            let depth = thread.depth.get().min(thread.entries.len());
+            // A guarded call's lowered stack pointer lies inside its stack.
+            thread.entries[..depth]
                 .iter()
                 .rev()
                 .map(Cell::get)
-                .find(|g| g.bounds == bounds)
+                .find(|g| bounds.contains(g.sp))
         })
         .ok()
         .flatten()
