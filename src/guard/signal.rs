@@ -39,7 +39,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
-use super::{ActiveGuard, THREAD};
+use super::{ActiveGuard, MAX_NESTED, THREAD};
 use crate::stack::lookup::{locate_in_signal, thread_stack_cached, StackLocation};
 use crate::{page_size, Error, StackBounds};
 
@@ -339,12 +339,12 @@ pub unsafe fn handle_fault(
 fn active_guard_on(bounds: StackBounds) -> Option<ActiveGuard> {
     THREAD
         .try_with(|thread| {
-            let depth = thread.depth.get().min(thread.entries.len());
-            // A guarded call's lowered stack pointer lies inside its stack.
-            thread.entries[..depth]
-                .iter()
+            let depth = thread.depth.get();
+            // Innermost first; a guarded call's lowered stack pointer lies
+            // inside its stack.
+            (depth.saturating_sub(MAX_NESTED)..depth)
                 .rev()
-                .map(Cell::get)
+                .map(|d| thread.entries[d % MAX_NESTED].get())
                 .find(|g| bounds.contains(g.sp))
         })
         .ok()

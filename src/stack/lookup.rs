@@ -370,6 +370,17 @@ mod tests {
     }
 
     #[test]
+    fn epoch_moves_on_publish_and_withdrawal() {
+        // Other tests register regions concurrently: only "it moved" holds.
+        let before = epoch();
+        let reg = register_region(0x7100_0000_0000, 0x11000, 2, 0x1000, 78).unwrap();
+        let published = epoch();
+        assert_ne!(published, before);
+        drop(reg);
+        assert_ne!(epoch(), published);
+    }
+
+    #[test]
     fn thread_stack_is_found() {
         let b = StackBounds::current().expect("thread stack");
         let sp = current_sp();
