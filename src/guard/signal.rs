@@ -133,8 +133,10 @@ pub(crate) fn ensure_ready() -> Result<(), Error> {
 #[cold]
 fn prepare_thread() -> Result<(), Error> {
     install_fault_handler()?;
-    // Reading the thread's stack now caches it for the signal handler.
-    let _ = crate::stack::lookup::thread_stack();
+    // The thread's own stack is not read here (for the main thread glibc
+    // parses /proc/self/maps, 100 µs and more in a process with many
+    // mappings): the handler only needs it while a guarded call runs on
+    // that stack, and finding that stack for the call has cached it.
     // SAFETY: all-zero is a valid stack_t to receive the current setting.
     let mut current: libc::stack_t = unsafe { std::mem::zeroed() };
     // SAFETY: queries the alternate stack into valid memory.
