@@ -278,7 +278,8 @@ impl StackGuard {
     pub fn run<R>(&self, f: impl FnOnce() -> R) -> Result<R, Error> {
         match self.effective_mode() {
             GuardMode::Off => Ok(f()),
-            mode => guarded_call(self.name, self.budget, mode == GuardMode::Measure, f),
+            GuardMode::Enforce => guarded_call(self.name, self.budget, f),
+            GuardMode::Measure => measured_call(self.name, self.budget, f),
         }
     }
 }
@@ -494,27 +495,26 @@ fn stack_pointer() -> usize {
     sp
 }
 
-/// The `Enforce`/`Measure` path of a guarded call. Inlined into
-/// [`StackGuard::run`]: on a stack that this thread's previous guarded call
-/// also ran on, it is a few compares, four stores for the fault handler and
-/// the switch; everything else is out of line.
+/// `low..high` of the stack `sp` is on (the caller's), from this thread's
+/// cache or, on a miss, from [`GuardThread::prepare`].
 #[inline(always)]
-fn guarded_call<F: FnOnce() -> R, R>(
-    name: &'static str,
-    budget: usize,
-    measure: bool,
-    f: F,
-) -> Result<R, Error> {
-    let sp = stack_pointer();
+fn current_stack(sp: usize, budget: usize) -> Result<(usize, usize), Error> {
     // Small closures only: each `with` then inlines to one access at a
     // fixed offset from the thread pointer.
-    let (low, high) = match THREAD.with(|thread| thread.cached(sp)) {
-        Some(stack) => stack,
-        None => THREAD.with(|thread| thread.prepare(sp, budget))?,
-    };
-    if measure {
-        return measured_call(name, budget, low, high, f);
+    match THREAD.with(|thread| thread.cached(sp)) {
+        Some(stack) => Ok(stack),
+        None => THREAD.with(|thread| thread.prepare(sp, budget)),
     }
+}
+
+/// The `Enforce` path of a guarded call. Inlined into [`StackGuard::run`]:
+/// on a stack that this thread's previous guarded call also ran on, it is
+/// a few compares, four stores for the fault handler and the switch;
+/// everything else is out of line.
+#[inline(always)]
+fn guarded_call<F: FnOnce() -> R, R>(name: &'static str, budget: usize, f: F) -> Result<R, Error> {
+    let sp = stack_pointer();
+    let (low, high) = current_stack(sp, budget)?;
     // `sp` is inside `low..high`, so this does not wrap.
     let room = (sp - low).saturating_sub(SWITCH_RESERVE);
     if budget < MIN_BUDGET || budget > room {
@@ -577,18 +577,13 @@ unsafe fn call_with_budget<F: FnOnce() -> R, R>(
 
 /// The `Measure` path: paint the budget, run `f` under it, find and record
 /// the deepest byte it touched (also when it panicked), then return its
-/// value or resume its panic. Out of line, so it checks the budget against
-/// its own frame.
+/// value or resume its panic.
 #[inline(never)]
-fn measured_call<F: FnOnce() -> R, R>(
-    name: &'static str,
-    budget: usize,
-    low: usize,
-    high: usize,
-    f: F,
-) -> Result<R, Error> {
+fn measured_call<F: FnOnce() -> R, R>(name: &'static str, budget: usize, f: F) -> Result<R, Error> {
     let sp = stack_pointer();
-    let room = sp.saturating_sub(low).saturating_sub(SWITCH_RESERVE);
+    let (low, high) = current_stack(sp, budget)?;
+    // `sp` is inside `low..high`, so this does not wrap.
+    let room = (sp - low).saturating_sub(SWITCH_RESERVE);
     if budget < MIN_BUDGET || budget > room {
         return Err(budget_error(budget, low, high, room));
     }
