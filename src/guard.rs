@@ -315,12 +315,13 @@ pub(crate) struct ActiveGuard {
     pub(crate) sp: usize,
 }
 
-/// How many nested guarded calls per thread the fault handler can name:
-/// the innermost ones (the entries are a ring indexed by depth, so a call
-/// nested deeper than this takes the place of an outer one, which is still
-/// enforced, only no longer named). A power of two.
-pub(crate) const MAX_NESTED: usize = 8;
-const _: () = assert!(MAX_NESTED.is_power_of_two());
+/// How many guarded calls around the innermost one the fault handler can
+/// name, per thread: the nearest ones (they are kept in a ring indexed by
+/// nesting level, so a call nested deeper than this takes the place of an
+/// outer one, which is still enforced, only no longer named). A power of
+/// two.
+pub(crate) const MAX_OUTER: usize = 8;
+const _: () = assert!(MAX_OUTER.is_power_of_two());
 
 const NO_GUARD: ActiveGuard = ActiveGuard {
     name: "",
@@ -339,15 +340,23 @@ pub(crate) struct GuardThread {
     /// also means "prepared".
     low: Cell<usize>,
     high: Cell<usize>,
-    /// [`lookup::epoch`] when `stack` was looked up.
+    /// [`lookup::epoch`] when `low..high` was looked up.
     epoch: Cell<usize>,
-    /// How many guarded calls are running on this thread.
+    /// How many guarded calls are running on this thread; call `level`
+    /// counts from 0, the outermost. All of them are kept by value, never
+    /// as pointers into stacks: a fiber that is suspended inside a guarded
+    /// call, then dropped, leaves nothing dangling for the signal handler.
     pub(crate) depth: Cell<usize>,
-    /// The innermost of them: call `d` (from 0, outermost) in
-    /// `entries[d % MAX_NESTED]`. Kept by value, never as pointers into
-    /// stacks: a fiber that is suspended inside a guarded call, then
-    /// dropped, leaves nothing dangling for the signal handler to follow.
-    pub(crate) entries: [Cell<ActiveGuard>; MAX_NESTED],
+    /// Call `depth - 1`, the innermost, at a fixed address: the common,
+    /// unnested call writes it and `depth`, nothing else. (Writing to an
+    /// address computed from `depth` put the load of `depth` in front of
+    /// the stores and cost about 1 ns per call.)
+    pub(crate) innermost: Cell<ActiveGuard>,
+    /// The calls around it: call `level` in `outer[level % MAX_OUTER]`,
+    /// written when a call nested in it starts, valid while
+    /// `outer_level` of the same index still says `level`.
+    pub(crate) outer: [Cell<ActiveGuard>; MAX_OUTER],
+    pub(crate) outer_level: [Cell<usize>; MAX_OUTER],
 }
 
 thread_local! {
@@ -357,7 +366,9 @@ thread_local! {
             high: Cell::new(0),
             epoch: Cell::new(0),
             depth: Cell::new(0),
-            entries: [const { Cell::new(NO_GUARD) }; MAX_NESTED],
+            innermost: Cell::new(NO_GUARD),
+            outer: [const { Cell::new(NO_GUARD) }; MAX_OUTER],
+            outer_level: [const { Cell::new(usize::MAX) }; MAX_OUTER],
         }
     };
 }
@@ -407,20 +418,48 @@ impl GuardThread {
     #[inline(always)]
     fn push(&self, guard: ActiveGuard) -> usize {
         let depth = self.depth.get();
-        self.entries[depth % MAX_NESTED].set(guard);
+        if depth != 0 {
+            self.push_nested(depth);
+        }
+        self.innermost.set(guard);
         self.depth.set(depth + 1);
         depth
     }
 
+    /// A call nested in another: the current innermost moves to the ring.
+    #[cold]
+    #[inline(never)]
+    fn push_nested(&self, depth: usize) {
+        let level = depth - 1;
+        self.outer[level % MAX_OUTER].set(self.innermost.get());
+        self.outer_level[level % MAX_OUTER].set(level);
+    }
+
     /// Ends the guarded call that [`push`](Self::push) returned `depth`
-    /// for. Restoring the depth, rather than decrementing it, leaves one
-    /// memory round trip per guarded call instead of two on the chain from
-    /// one call to the next (store-to-load forwarding costs several cycles
-    /// each); it also forgets any entry a fiber left behind by suspending
-    /// inside a nested guarded call.
+    /// for. Restoring the depth, rather than decrementing it, also forgets
+    /// any call a fiber left behind by suspending inside a nested guarded
+    /// call.
     #[inline(always)]
     fn pop(&self, depth: usize) {
+        if depth != 0 {
+            self.pop_nested(depth);
+        }
         self.depth.set(depth);
+    }
+
+    /// The end of a nested call: the call around it is the innermost again
+    /// (unnamed if a call nested `MAX_OUTER` deeper took its place).
+    #[cold]
+    #[inline(never)]
+    fn pop_nested(&self, depth: usize) {
+        self.innermost
+            .set(self.outer_guard(depth - 1).unwrap_or(NO_GUARD));
+    }
+
+    /// Call `level`, kept in the ring, if it is still there.
+    pub(crate) fn outer_guard(&self, level: usize) -> Option<ActiveGuard> {
+        let slot = level % MAX_OUTER;
+        (self.outer_level[slot].get() == level).then(|| self.outer[slot].get())
     }
 }
 

@@ -282,6 +282,45 @@ fn deeply_nested_overflow_names_the_innermost_guard() {
 }
 
 #[test]
+fn overflow_under_an_outer_guard_names_it() {
+    // A guarded call on the thread resumes a fiber that suspends inside a
+    // guarded call of its own: back on the thread, the innermost guarded
+    // call on this thread is the fiber's, but an overflow of the thread's
+    // stack is the outer call's.
+    const NAME: &str = "overflow_under_an_outer_guard_names_it";
+    if is_child(NAME) {
+        on_thread(1 << 20, || {
+            let outer = StackGuard::new("outer_on_thread", BUDGET).mode(GuardMode::Enforce);
+            outer
+                .run(|| {
+                    let pool =
+                        StackPool::new(PoolConfig::default().stack_size(256 << 10).capacity(1))
+                            .unwrap();
+                    let mut fiber = Fiber::with_stack(
+                        pool.acquire().unwrap(),
+                        |_: (), s: &Suspender<(), ()>| {
+                            let inner = StackGuard::new("inner_on_fiber", 16 << 10)
+                                .mode(GuardMode::Enforce);
+                            inner.run(|| s.suspend(())).unwrap();
+                        },
+                    )
+                    .unwrap();
+                    assert!(fiber.resume(()).yielded().is_some());
+                    use_stack::<{ BUDGET + PAGE }>()
+                })
+                .unwrap();
+        });
+        unreachable!("the outer call must fault");
+    }
+    let child = run_child(NAME, &[]);
+    assert_aborted(&child);
+    assert!(child
+        .stderr
+        .contains("`outer_on_thread` overflowed its stack budget of 65536 bytes"));
+    assert!(!child.stderr.contains("inner_on_fiber"));
+}
+
+#[test]
 fn thread_without_alternate_stack_gets_one() {
     const NAME: &str = "thread_without_alternate_stack_gets_one";
     if is_child(NAME) {

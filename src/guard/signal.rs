@@ -39,7 +39,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
-use super::{ActiveGuard, MAX_NESTED, THREAD};
+use super::{ActiveGuard, MAX_OUTER, THREAD};
 use crate::stack::lookup::{locate_in_signal, thread_stack_cached, StackLocation};
 use crate::{page_size, Error, StackBounds};
 
@@ -342,11 +342,16 @@ fn active_guard_on(bounds: StackBounds) -> Option<ActiveGuard> {
     THREAD
         .try_with(|thread| {
             let depth = thread.depth.get();
+            if depth == 0 {
+                return None;
+            }
             // Innermost first; a guarded call's lowered stack pointer lies
             // inside its stack.
-            (depth.saturating_sub(MAX_NESTED)..depth)
+            let outer = (depth.saturating_sub(MAX_OUTER + 1)..depth - 1)
                 .rev()
-                .map(|d| thread.entries[d % MAX_NESTED].get())
+                .filter_map(|level| thread.outer_guard(level));
+            std::iter::once(thread.innermost.get())
+                .chain(outer)
                 .find(|g| bounds.contains(g.sp))
         })
         .ok()
