@@ -90,6 +90,12 @@ pub const MIN_BUDGET: usize = 256;
 /// pushes on the original stack.
 const SWITCH_RESERVE: usize = 64;
 
+/// More bytes kept free in unoptimised builds, where `arch::call_on_stack`
+/// is a function of its own (96 bytes of frame with rustc 1.95) below the
+/// caller's stack pointer: a budget within these bytes of all that was left
+/// made the closure's first frames overwrite it (SIGSEGV on the way back).
+const UNINLINED_RESERVE: usize = if cfg!(debug_assertions) { 256 } else { 0 };
+
 /// Under `Measure`, the painting stops this far below the caller's stack
 /// pointer, so that `memset`'s own frame is never painted over.
 const PAINT_RESERVE: usize = 4096;
@@ -565,7 +571,7 @@ fn guarded_call<F: FnOnce() -> R, R>(name: &'static str, budget: usize, f: F) ->
     let sp = stack_pointer();
     let (low, high) = current_stack(sp, budget)?;
     // `sp` is inside `low..high`, so this does not wrap.
-    let room = (sp - low).saturating_sub(SWITCH_RESERVE);
+    let room = (sp - low).saturating_sub(SWITCH_RESERVE + UNINLINED_RESERVE);
     if budget < MIN_BUDGET || budget > room {
         return Err(budget_error(budget, low, high, room));
     }
@@ -632,7 +638,7 @@ fn measured_call<F: FnOnce() -> R, R>(name: &'static str, budget: usize, f: F) -
     let sp = stack_pointer();
     let (low, high) = current_stack(sp, budget)?;
     // `sp` is inside `low..high`, so this does not wrap.
-    let room = (sp - low).saturating_sub(SWITCH_RESERVE);
+    let room = (sp - low).saturating_sub(SWITCH_RESERVE + UNINLINED_RESERVE);
     if budget < MIN_BUDGET || budget > room {
         return Err(budget_error(budget, low, high, room));
     }

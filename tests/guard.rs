@@ -463,6 +463,36 @@ fn each_call_is_budgeted_on_the_stack_it_runs_on() {
     });
 }
 
+/// The largest budget a guard accepts here, found by trying (the
+/// guard's own frames make it a little less than what `remaining_stack`
+/// says), and the closure's value under it.
+fn at_the_edge() -> (usize, u64) {
+    let left = remaining_stack().unwrap();
+    let mut refused = false;
+    for below in (0..left).step_by(16) {
+        let guard = StackGuard::new("edge", left - below).mode(GuardMode::Enforce);
+        match guard.run(|| use_stack::<512>() as u64 + 1) {
+            Ok(v) => {
+                assert!(refused, "a budget of all that is left was accepted");
+                return (left - below, v);
+            }
+            Err(Error::BudgetTooLarge { .. }) => refused = true,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    unreachable!("no budget accepted")
+}
+
+#[test]
+fn the_largest_accepted_budget_runs() {
+    // The closure's frames start right below the lowered stack pointer;
+    // whatever the switch keeps on the caller's side must be above it.
+    let (_, v) = on_thread(1 << 20, at_the_edge);
+    assert_eq!(v, 1);
+    let (_, v) = on_pool_fiber(at_the_edge);
+    assert_eq!(v, 1);
+}
+
 #[test]
 fn unknown_stack_is_an_error_unless_off() {
     let mut fiber = Fiber::with_stack(
