@@ -243,18 +243,21 @@ fn nested_overflow_names_the_innermost_guard() {
 }
 
 /// Guards nested `NESTED.len()` deep (more than the fault handler keeps),
-/// each with 2 KiB less than the one around it; the innermost overflows.
+/// each with `STEP` less than the one around it (room for a level's frames,
+/// unoptimised too); the innermost overflows.
 const NESTED: [&str; 10] = [
     "nest0", "nest1", "nest2", "nest3", "nest4", "nest5", "nest6", "nest7", "nest8", "nest9",
 ];
 
+const STEP: usize = 4 << 10;
+
 fn nest(level: usize) -> u8 {
-    let budget = BUDGET - level * SLACK;
+    let budget = BUDGET - level * STEP;
     let guard = StackGuard::new(NESTED[level], budget).mode(GuardMode::Enforce);
     guard
         .run(|| {
             if level + 1 == NESTED.len() {
-                use_stack::<{ BUDGET - 9 * SLACK + PAGE }>()
+                use_stack::<{ BUDGET - 9 * STEP + PAGE }>()
             } else {
                 nest(level + 1)
             }
@@ -271,7 +274,7 @@ fn deeply_nested_overflow_names_the_innermost_guard() {
     }
     let child = run_child(NAME, &[]);
     assert_aborted(&child);
-    let innermost = BUDGET - 9 * SLACK;
+    let innermost = BUDGET - 9 * STEP;
     assert!(
         child.stderr.contains(&format!(
             "`nest9` overflowed its stack budget of {innermost} bytes"
