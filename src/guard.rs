@@ -413,16 +413,14 @@ impl GuardThread {
             },
         };
         signal::ensure_ready()?;
-        if crate::valgrind::running_on_valgrind() {
-            // Memcheck treats stack memory below the stack pointer as gone
-            // once a deeper call has returned from it, and does not take
-            // the switch to the lowered stack pointer as a new frame: the
-            // budget area must be declared usable on every call. So under
-            // Valgrind nothing is cached and every call comes here.
-            let top = bounds.low.saturating_add(budget).min(sp);
-            crate::valgrind::mark_defined(bounds.low, top.saturating_sub(bounds.low));
-            return Ok((bounds.low, bounds.high));
-        }
+        // Memcheck may hold stack memory below our stack pointer as gone
+        // (a thread stack glibc reuses keeps what the last thread left),
+        // and takes the jump to the lowered stack pointer for a switch to
+        // another stack, not for a new frame: declare the budget area
+        // usable. Once per stack is enough: later calls' frames are new
+        // frames below the lowered stack pointer, which it tracks.
+        let top = bounds.low.saturating_add(budget).min(sp);
+        crate::valgrind::mark_defined(bounds.low, top.saturating_sub(bounds.low));
         self.low.set(bounds.low);
         self.high.set(bounds.high);
         self.epoch.set(epoch);
