@@ -339,14 +339,14 @@ const NO_GUARD: ActiveGuard = ActiveGuard {
 /// thread-local without a destructor: one thread-local access per call, no
 /// lazy-initialisation branch, and readable from a signal handler.
 pub(crate) struct GuardThread {
-    /// `low..high` of the stack the last guarded call on this thread
-    /// started from, as the lookup table described it at `epoch`. Empty
-    /// (`0..0`) until the first guarded call on this thread has prepared it
+    /// The low end and size of the stack the last guarded call on this
+    /// thread started from, as the lookup table described it at `epoch`.
+    /// Size 0 until the first guarded call on this thread has prepared it
     /// (fault handler installed, alternate signal stack checked), so a hit
     /// also means "prepared".
     low: Cell<usize>,
-    high: Cell<usize>,
-    /// [`lookup::epoch`] when `low..high` was looked up.
+    size: Cell<usize>,
+    /// [`lookup::epoch`] when the stack was looked up.
     epoch: Cell<usize>,
     /// How many guarded calls are running on this thread; call `level`
     /// counts from 0, the outermost. All of them are kept by value, never
@@ -369,7 +369,7 @@ thread_local! {
     pub(crate) static THREAD: GuardThread = const {
         GuardThread {
             low: Cell::new(0),
-            high: Cell::new(0),
+            size: Cell::new(0),
             epoch: Cell::new(0),
             depth: Cell::new(0),
             innermost: Cell::new(NO_GUARD),
@@ -380,12 +380,14 @@ thread_local! {
 }
 
 impl GuardThread {
-    /// `low..high` of the stack `sp` is on, if this thread's last guarded
-    /// call was on the same stack and no pool has come or gone since.
+    /// The low end and size of the stack `sp` is on, if this thread's last
+    /// guarded call was on the same stack and no pool has come or gone
+    /// since.
     #[inline(always)]
     fn cached(&self, sp: usize) -> Option<(usize, usize)> {
-        let (low, high) = (self.low.get(), self.high.get());
-        (low <= sp && sp < high && self.epoch.get() == lookup::epoch()).then_some((low, high))
+        let (low, size) = (self.low.get(), self.size.get());
+        // One compare for `low <= sp < low + size`: below `low` wraps.
+        (sp.wrapping_sub(low) < size && self.epoch.get() == lookup::epoch()).then_some((low, size))
     }
 
     /// The first guarded call on this thread, or the first on another stack
@@ -422,9 +424,9 @@ impl GuardThread {
         let top = bounds.low.saturating_add(budget).min(sp);
         crate::valgrind::mark_defined(bounds.low, top.saturating_sub(bounds.low));
         self.low.set(bounds.low);
-        self.high.set(bounds.high);
+        self.size.set(bounds.size());
         self.epoch.set(epoch);
-        Ok((bounds.low, bounds.high))
+        Ok((bounds.low, bounds.size()))
     }
 
     /// Names `guard` as the innermost guarded call; returns the depth to
@@ -478,19 +480,19 @@ impl GuardThread {
 }
 
 /// The error for a budget that does not fit: below [`MIN_BUDGET`], above the
-/// size of the stack `low..high`, or above `room`, what the caller has left.
+/// stack's `size`, or above `room`, what the caller has left.
 #[cold]
 #[inline(never)]
-fn budget_error(budget: usize, low: usize, high: usize, room: usize) -> Error {
+fn budget_error(budget: usize, size: usize, room: usize) -> Error {
     if budget < MIN_BUDGET {
         Error::BudgetTooSmall {
             budget,
             minimum: MIN_BUDGET,
         }
-    } else if budget > high - low {
+    } else if budget > size {
         Error::BudgetTooLarge {
             budget,
-            available: high - low,
+            available: size,
         }
     } else {
         Error::BudgetTooLarge {
@@ -548,8 +550,8 @@ fn stack_pointer() -> usize {
     sp
 }
 
-/// `low..high` of the stack `sp` is on (the caller's), from this thread's
-/// cache or, on a miss, from [`GuardThread::prepare`].
+/// The low end and size of the stack `sp` is on (the caller's), from this
+/// thread's cache or, on a miss, from [`GuardThread::prepare`].
 #[inline(always)]
 fn current_stack(sp: usize, budget: usize) -> Result<(usize, usize), Error> {
     // Small closures only: each `with` then inlines to one access at a
@@ -567,11 +569,11 @@ fn current_stack(sp: usize, budget: usize) -> Result<(usize, usize), Error> {
 #[inline(always)]
 fn guarded_call<F: FnOnce() -> R, R>(name: &'static str, budget: usize, f: F) -> Result<R, Error> {
     let sp = stack_pointer();
-    let (low, high) = current_stack(sp, budget)?;
-    // `sp` is inside `low..high`, so this does not wrap.
+    let (low, size) = current_stack(sp, budget)?;
+    // `sp` is inside the stack, so this does not wrap.
     let room = (sp - low).saturating_sub(SWITCH_RESERVE + UNINLINED_RESERVE);
     if budget < MIN_BUDGET || budget > room {
-        return Err(budget_error(budget, low, high, room));
+        return Err(budget_error(budget, size, room));
     }
     let entry = ActiveGuard {
         name,
@@ -634,11 +636,11 @@ unsafe fn call_with_budget<F: FnOnce() -> R, R>(
 #[inline(never)]
 fn measured_call<F: FnOnce() -> R, R>(name: &'static str, budget: usize, f: F) -> Result<R, Error> {
     let sp = stack_pointer();
-    let (low, high) = current_stack(sp, budget)?;
-    // `sp` is inside `low..high`, so this does not wrap.
+    let (low, size) = current_stack(sp, budget)?;
+    // `sp` is inside the stack, so this does not wrap.
     let room = (sp - low).saturating_sub(SWITCH_RESERVE + UNINLINED_RESERVE);
     if budget < MIN_BUDGET || budget > room {
-        return Err(budget_error(budget, low, high, room));
+        return Err(budget_error(budget, size, room));
     }
     let entry = ActiveGuard {
         name,
