@@ -39,7 +39,7 @@
 //!
 //! # Which stacks
 //! Only stacks whose bounds are known exactly: slots of a stack pool and
-//! threads' own stacks (see [`StackBounds::containing`]). On any other stack
+//! threads' own stacks (see [`StackBounds::containing`](crate::StackBounds::containing)). On any other stack
 //! (a fiber on an [`MmapStack`](crate::MmapStack), Wasmtime's default fiber
 //! stacks) `Enforce` and `Measure` return [`Error::UnknownStack`] rather than
 //! run unguarded: a test suite that believes it checks budgets must not
@@ -64,14 +64,15 @@ mod signal;
 #[cfg(feature = "wasmtime")]
 pub mod wasmtime;
 
+use std::any::Any;
 use std::cell::Cell;
 use std::mem::{ManuallyDrop, MaybeUninit};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::arch::call_on_stack;
-use crate::stack::lookup::{locate, thread_stack_cached};
-use crate::{Error, StackBounds};
+use crate::stack::lookup::{self, locate, thread_stack_cached};
+use crate::Error;
 
 pub use report::{peak_report, reset_peaks, PeakEntry, PeakReport};
 pub use signal::{handle_fault, install_fault_handler};
@@ -88,6 +89,12 @@ pub const MIN_BUDGET: usize = 256;
 /// room for the return address and saved frame pointer that the switch
 /// pushes on the original stack.
 const SWITCH_RESERVE: usize = 64;
+
+/// More bytes kept free in unoptimised builds, where `arch::call_on_stack`
+/// is a function of its own (96 bytes of frame with rustc 1.95) below the
+/// caller's stack pointer: a budget within these bytes of all that was left
+/// made the closure's first frames overwrite it (SIGSEGV on the way back).
+const UNINLINED_RESERVE: usize = if cfg!(debug_assertions) { 256 } else { 0 };
 
 /// Under `Measure`, the painting stops this far below the caller's stack
 /// pointer, so that `memset`'s own frame is never painted over.
@@ -277,7 +284,8 @@ impl StackGuard {
     pub fn run<R>(&self, f: impl FnOnce() -> R) -> Result<R, Error> {
         match self.effective_mode() {
             GuardMode::Off => Ok(f()),
-            mode => guarded_call(self.name, self.budget, mode == GuardMode::Measure, f),
+            GuardMode::Enforce => guarded_call(self.name, self.budget, f),
+            GuardMode::Measure => measured_call(self.name, self.budget, f),
         }
     }
 }
@@ -303,73 +311,205 @@ pub fn with_stack_budget<R>(budget: usize, f: impl FnOnce() -> R) -> Result<R, E
 }
 
 /// A guarded call in progress on this thread, as the fault handler reports
-/// it.
+/// it. Its stack is the one containing `sp` (which lies inside it, at most
+/// `low + budget`), so the bounds need not be stored.
 #[derive(Clone, Copy)]
 pub(crate) struct ActiveGuard {
     pub(crate) name: &'static str,
     pub(crate) budget: usize,
-    pub(crate) bounds: StackBounds,
     /// The lowered stack pointer `f` started from.
     pub(crate) sp: usize,
 }
 
-/// How many nested guarded calls per thread the fault handler can name
-/// (deeper ones still run and are enforced, only not named).
-pub(crate) const MAX_NESTED: usize = 8;
+/// How many guarded calls around the innermost one the fault handler can
+/// name, per thread: the nearest ones (they are kept in a ring indexed by
+/// nesting level, so a call nested deeper than this takes the place of an
+/// outer one, which is still enforced, only no longer named). A power of
+/// two.
+pub(crate) const MAX_OUTER: usize = 8;
+const _: () = assert!(MAX_OUTER.is_power_of_two());
 
 const NO_GUARD: ActiveGuard = ActiveGuard {
     name: "",
     budget: 0,
-    bounds: StackBounds {
-        low: 0,
-        high: 0,
-        guard: 0,
-    },
     sp: 0,
 };
 
-/// The guarded calls running on this thread, outermost first, kept by value
-/// in thread-local storage (never pointers into stacks: a fiber that is
-/// suspended inside a guarded call, then dropped, leaves nothing dangling
-/// for the signal handler to follow).
-pub(crate) struct ActiveGuards {
+/// Everything a guarded call keeps per thread, in one constant-initialised
+/// thread-local without a destructor: one thread-local access per call, no
+/// lazy-initialisation branch, and readable from a signal handler.
+pub(crate) struct GuardThread {
+    /// The low end and size of the stack the last guarded call on this
+    /// thread started from, as the lookup table described it at `epoch`.
+    /// Size 0 until the first guarded call on this thread has prepared it
+    /// (fault handler installed, alternate signal stack checked), so a hit
+    /// also means "prepared".
+    low: Cell<usize>,
+    size: Cell<usize>,
+    /// [`lookup::epoch`] when the stack was looked up.
+    epoch: Cell<usize>,
+    /// How many guarded calls are running on this thread; call `level`
+    /// counts from 0, the outermost. All of them are kept by value, never
+    /// as pointers into stacks: a fiber that is suspended inside a guarded
+    /// call, then dropped, leaves nothing dangling for the signal handler.
     pub(crate) depth: Cell<usize>,
-    pub(crate) entries: [Cell<ActiveGuard>; MAX_NESTED],
+    /// Call `depth - 1`, the innermost, at a fixed address: the common,
+    /// unnested call writes it and `depth`, nothing else. (Writing to an
+    /// address computed from `depth` put the load of `depth` in front of
+    /// the stores and cost about 1 ns per call.)
+    pub(crate) innermost: Cell<ActiveGuard>,
+    /// The calls around it: call `level` in `outer[level % MAX_OUTER]`,
+    /// written when a call nested in it starts, valid while
+    /// `outer_level` of the same index still says `level`.
+    pub(crate) outer: [Cell<ActiveGuard>; MAX_OUTER],
+    pub(crate) outer_level: [Cell<usize>; MAX_OUTER],
 }
 
 thread_local! {
-    /// Constant-initialised and without a destructor: readable from a
-    /// signal handler.
-    pub(crate) static ACTIVE: ActiveGuards = const {
-        ActiveGuards {
+    pub(crate) static THREAD: GuardThread = const {
+        GuardThread {
+            low: Cell::new(0),
+            size: Cell::new(0),
+            epoch: Cell::new(0),
             depth: Cell::new(0),
-            entries: [const { Cell::new(NO_GUARD) }; MAX_NESTED],
+            innermost: Cell::new(NO_GUARD),
+            outer: [const { Cell::new(NO_GUARD) }; MAX_OUTER],
+            outer_level: [const { Cell::new(usize::MAX) }; MAX_OUTER],
         }
     };
 }
 
-impl ActiveGuards {
-    fn push(&self, guard: ActiveGuard) {
-        let depth = self.depth.get();
-        if let Some(entry) = self.entries.get(depth) {
-            entry.set(guard);
-        }
-        self.depth.set(depth + 1);
+impl GuardThread {
+    /// The low end and size of the stack `sp` is on, if this thread's last
+    /// guarded call was on the same stack and no pool has come or gone
+    /// since.
+    #[inline(always)]
+    fn cached(&self, sp: usize) -> Option<(usize, usize)> {
+        let (low, size) = (self.low.get(), self.size.get());
+        // One compare for `low <= sp < low + size`: below `low` wraps.
+        (sp.wrapping_sub(low) < size && self.epoch.get() == lookup::epoch()).then_some((low, size))
     }
 
-    fn pop(&self) {
-        self.depth.set(self.depth.get().saturating_sub(1));
+    /// The first guarded call on this thread, or the first on another stack
+    /// (or after a pool came or went): check the budget's lower limit,
+    /// find the stack, prepare the thread, and cache the stack.
+    #[cold]
+    #[inline(never)]
+    fn prepare(&self, sp: usize, budget: usize) -> Result<(usize, usize), Error> {
+        if budget < MIN_BUDGET {
+            return Err(Error::BudgetTooSmall {
+                budget,
+                minimum: MIN_BUDGET,
+            });
+        }
+        // Read before the lookup: a change racing with it invalidates the
+        // answer at the next call.
+        let epoch = lookup::epoch();
+        // A thread's own stack never overlaps a pool slot: check the cached
+        // one first and skip the region table on thread stacks.
+        let bounds = match thread_stack_cached().filter(|b| b.contains(sp)) {
+            Some(thread) => thread,
+            None => match locate(sp) {
+                Some(location) => location.bounds(),
+                None => return Err(Error::UnknownStack),
+            },
+        };
+        signal::ensure_ready()?;
+        // Memcheck may hold stack memory below our stack pointer as gone
+        // (a thread stack glibc reuses keeps what the last thread left),
+        // and takes the jump to the lowered stack pointer for a switch to
+        // another stack, not for a new frame: declare the budget area
+        // usable. Once per stack is enough: later calls' frames are new
+        // frames below the lowered stack pointer, which it tracks.
+        let top = bounds.low.saturating_add(budget).min(sp);
+        crate::valgrind::mark_defined(bounds.low, top.saturating_sub(bounds.low));
+        self.low.set(bounds.low);
+        self.size.set(bounds.size());
+        self.epoch.set(epoch);
+        Ok((bounds.low, bounds.size()))
+    }
+
+    /// Names `guard` as the innermost guarded call; returns the depth to
+    /// give back to [`pop`](Self::pop).
+    #[inline(always)]
+    fn push(&self, guard: ActiveGuard) -> usize {
+        let depth = self.depth.get();
+        if depth != 0 {
+            self.push_nested(depth);
+        }
+        self.innermost.set(guard);
+        self.depth.set(depth + 1);
+        depth
+    }
+
+    /// A call nested in another: the current innermost moves to the ring.
+    #[cold]
+    #[inline(never)]
+    fn push_nested(&self, depth: usize) {
+        let level = depth - 1;
+        self.outer[level % MAX_OUTER].set(self.innermost.get());
+        self.outer_level[level % MAX_OUTER].set(level);
+    }
+
+    /// Ends the guarded call that [`push`](Self::push) returned `depth`
+    /// for. Restoring the depth, rather than decrementing it, also forgets
+    /// any call a fiber left behind by suspending inside a nested guarded
+    /// call.
+    #[inline(always)]
+    fn pop(&self, depth: usize) {
+        if depth != 0 {
+            self.pop_nested(depth);
+        }
+        self.depth.set(depth);
+    }
+
+    /// The end of a nested call: the call around it is the innermost again
+    /// (unnamed if a call nested `MAX_OUTER` deeper took its place).
+    #[cold]
+    #[inline(never)]
+    fn pop_nested(&self, depth: usize) {
+        self.innermost
+            .set(self.outer_guard(depth - 1).unwrap_or(NO_GUARD));
+    }
+
+    /// Call `level`, kept in the ring, if it is still there.
+    pub(crate) fn outer_guard(&self, level: usize) -> Option<ActiveGuard> {
+        let slot = level % MAX_OUTER;
+        (self.outer_level[slot].get() == level).then(|| self.outer[slot].get())
+    }
+}
+
+/// The error for a budget that does not fit: below [`MIN_BUDGET`], above the
+/// stack's `size`, or above `room`, what the caller has left.
+#[cold]
+#[inline(never)]
+fn budget_error(budget: usize, size: usize, room: usize) -> Error {
+    if budget < MIN_BUDGET {
+        Error::BudgetTooSmall {
+            budget,
+            minimum: MIN_BUDGET,
+        }
+    } else if budget > size {
+        Error::BudgetTooLarge {
+            budget,
+            available: size,
+        }
+    } else {
+        Error::BudgetTooLarge {
+            budget,
+            available: room,
+        }
     }
 }
 
 /// What the budget stack's entry frame shares with the caller: the closure
 /// going in, its value or its panic coming out. No `Option`s: the entry
 /// frame takes the closure exactly once and writes exactly one of the two
-/// outcomes, which `guarded_call` reads back once.
+/// outcomes, which `call_with_budget` reads back once.
 struct Call<F, R> {
     f: ManuallyDrop<F>,
     out: MaybeUninit<R>,
-    panic: Option<Box<dyn std::any::Any + Send>>,
+    panic: Option<Box<dyn Any + Send>>,
 }
 
 /// The first frame on the lowered stack: runs the closure and catches its
@@ -379,8 +519,8 @@ struct Call<F, R> {
 /// `arg` must point to a live `Call<F, R>` whose closure has not been taken,
 /// used by no one else for the duration of the call.
 unsafe extern "C" fn enter_budget<F: FnOnce() -> R, R>(arg: *mut u8) {
-    // SAFETY: `guarded_call` passes its own `Call<F, R>`, borrowed for the
-    // whole of `call_on_stack`, and touches it only after we return.
+    // SAFETY: `call_with_budget` passes its own `Call<F, R>`, borrowed for
+    // the whole of `call_on_stack`, and touches it only after we return.
     let call = unsafe { &mut *arg.cast::<Call<F, R>>() };
     // SAFETY: the closure is taken here, once (the caller's contract).
     let f = unsafe { ManuallyDrop::take(&mut call.f) };
@@ -388,7 +528,10 @@ unsafe extern "C" fn enter_budget<F: FnOnce() -> R, R>(arg: *mut u8) {
         Ok(value) => {
             call.out.write(value);
         }
-        Err(payload) => call.panic = Some(payload),
+        // SAFETY: `call.panic` is a valid `None` (nothing to drop); writing
+        // without the drop glue of an assignment keeps the landing pad
+        // short, so the normal path saves fewer registers.
+        Err(payload) => unsafe { std::ptr::write(&raw mut call.panic, Some(payload)) },
     }
 }
 
@@ -407,66 +550,62 @@ fn stack_pointer() -> usize {
     sp
 }
 
-/// The `Enforce`/`Measure` path of a guarded call.
-#[inline(never)]
-fn guarded_call<F: FnOnce() -> R, R>(
-    name: &'static str,
-    budget: usize,
-    measure: bool,
-    f: F,
-) -> Result<R, Error> {
-    if budget < MIN_BUDGET {
-        return Err(Error::BudgetTooSmall {
-            budget,
-            minimum: MIN_BUDGET,
-        });
+/// The low end and size of the stack `sp` is on (the caller's), from this
+/// thread's cache or, on a miss, from [`GuardThread::prepare`].
+#[inline(always)]
+fn current_stack(sp: usize, budget: usize) -> Result<(usize, usize), Error> {
+    // Small closures only: each `with` then inlines to one access at a
+    // fixed offset from the thread pointer.
+    match THREAD.with(|thread| thread.cached(sp)) {
+        Some(stack) => Ok(stack),
+        None => THREAD.with(|thread| thread.prepare(sp, budget)),
     }
+}
+
+/// The `Enforce` path of a guarded call. Inlined into [`StackGuard::run`]:
+/// on a stack that this thread's previous guarded call also ran on, it is
+/// a few compares, four stores for the fault handler and the switch;
+/// everything else is out of line.
+#[inline(always)]
+fn guarded_call<F: FnOnce() -> R, R>(name: &'static str, budget: usize, f: F) -> Result<R, Error> {
     let sp = stack_pointer();
-    // A thread's own stack never overlaps a pool slot: check the cached
-    // one first and skip the region table on thread stacks.
-    let bounds = match thread_stack_cached().filter(|b| b.contains(sp)) {
-        Some(thread) => thread,
-        None => match locate(sp) {
-            Some(location) => location.bounds(),
-            None => return Err(Error::UnknownStack),
-        },
+    let (low, size) = current_stack(sp, budget)?;
+    // `sp` is inside the stack, so this does not wrap.
+    let room = (sp - low).saturating_sub(SWITCH_RESERVE + UNINLINED_RESERVE);
+    if budget < MIN_BUDGET || budget > room {
+        return Err(budget_error(budget, size, room));
+    }
+    let entry = ActiveGuard {
+        name,
+        budget,
+        sp: (low + budget) & !15,
     };
-    if budget > bounds.size() {
-        return Err(Error::BudgetTooLarge {
-            budget,
-            available: bounds.size(),
-        });
+    // SAFETY: entry.sp is 16-byte aligned and at least SWITCH_RESERVE below
+    // our stack pointer (budget <= room); `low..entry.sp` is unused stack of
+    // the stack we are on, ending in its guard region.
+    match unsafe { call_with_budget(entry, f) } {
+        Ok(value) => Ok(value),
+        Err(payload) => panic::resume_unwind(payload),
     }
-    let left = sp.saturating_sub(bounds.low).saturating_sub(SWITCH_RESERVE);
-    if budget > left {
-        return Err(Error::BudgetTooLarge {
-            budget,
-            available: left,
-        });
-    }
-    signal::ensure_ready()?;
+}
 
-    let new_sp = (bounds.low + budget) & !15;
-    let painted_top = new_sp.min(sp - PAINT_RESERVE).max(bounds.low);
-    if measure {
-        // Below our stack pointer, so gone as far as memcheck knows.
-        crate::valgrind::mark_defined(bounds.low, painted_top - bounds.low);
-        // SAFETY: `low..painted_top` is mapped stack memory below our stack
-        // pointer by at least PAINT_RESERVE, so no live frame is in it and
-        // memset's own frame stays above it.
-        unsafe {
-            std::ptr::write_bytes(bounds.low as *mut u8, PAINT, painted_top - bounds.low);
-        }
-    }
-
-    ACTIVE.with(|a| {
-        a.push(ActiveGuard {
-            name,
-            budget,
-            bounds,
-            sp: new_sp,
-        })
-    });
+/// Runs `f` with the stack pointer at `entry.sp`, named in this thread's
+/// active guards for the fault handler while it runs; its value, or its
+/// panic's payload.
+///
+/// The thread-local is looked up again after the call: `f` may suspend a
+/// fiber that is resumed on another thread.
+///
+/// # Safety
+/// `entry.sp` must be 16-byte aligned, at least [`SWITCH_RESERVE`] below
+/// the caller's stack pointer, on the stack the caller runs on, with
+/// nothing live between it and that stack's guard region.
+#[inline(always)]
+unsafe fn call_with_budget<F: FnOnce() -> R, R>(
+    entry: ActiveGuard,
+    f: F,
+) -> Result<R, Box<dyn Any + Send>> {
+    let depth = THREAD.with(|thread| thread.push(entry));
     let mut call = Call {
         f: ManuallyDrop::new(f),
         out: MaybeUninit::uninit(),
@@ -474,29 +613,62 @@ fn guarded_call<F: FnOnce() -> R, R>(
     };
     // The entry function catches every panic: nothing unwinds through the
     // switch. `call` lives in this frame until call_on_stack returns.
-    // SAFETY: new_sp is 16-byte aligned, SWITCH_RESERVE below our sp (checked
-    // above); `low..new_sp` is unused mapped stack ending in the guard region.
+    // SAFETY: the caller's contract is call_on_stack's; enter_budget does
+    // not unwind.
     unsafe {
         call_on_stack(
             (&raw mut call).cast(),
             enter_budget::<F, R>,
-            new_sp as *mut u8,
+            entry.sp as *mut u8,
         );
     }
-    ACTIVE.with(ActiveGuards::pop);
-
-    if measure {
-        // Below our stack pointer again, so gone as far as memcheck knows.
-        crate::valgrind::mark_defined(bounds.low, painted_top - bounds.low);
-        // SAFETY: we painted `low..painted_top` and the call is over; the
-        // memory is still mapped stack below our stack pointer.
-        let deepest = unsafe { deepest_touched(bounds.low, painted_top) };
-        report::record(name, budget, new_sp - deepest);
-    }
+    THREAD.with(|thread| thread.pop(depth));
     match call.panic {
-        Some(payload) => panic::resume_unwind(payload),
+        Some(payload) => Err(payload),
         // SAFETY: without a panic, enter_budget wrote the closure's value.
         None => Ok(unsafe { call.out.assume_init_read() }),
+    }
+}
+
+/// The `Measure` path: paint the budget, run `f` under it, find and record
+/// the deepest byte it touched (also when it panicked), then return its
+/// value or resume its panic.
+#[inline(never)]
+fn measured_call<F: FnOnce() -> R, R>(name: &'static str, budget: usize, f: F) -> Result<R, Error> {
+    let sp = stack_pointer();
+    let (low, size) = current_stack(sp, budget)?;
+    // `sp` is inside the stack, so this does not wrap.
+    let room = (sp - low).saturating_sub(SWITCH_RESERVE + UNINLINED_RESERVE);
+    if budget < MIN_BUDGET || budget > room {
+        return Err(budget_error(budget, size, room));
+    }
+    let entry = ActiveGuard {
+        name,
+        budget,
+        sp: (low + budget) & !15,
+    };
+    let painted_top = entry.sp.min(sp - PAINT_RESERVE).max(low);
+    // Below our stack pointer, so gone as far as memcheck knows.
+    crate::valgrind::mark_defined(low, painted_top - low);
+    // SAFETY: `low..painted_top` is mapped stack memory below our stack
+    // pointer by at least PAINT_RESERVE, so no live frame is in it and
+    // memset's own frame stays above it.
+    unsafe {
+        std::ptr::write_bytes(low as *mut u8, PAINT, painted_top - low);
+    }
+    // SAFETY: entry.sp is 16-byte aligned and at least SWITCH_RESERVE below
+    // our stack pointer (budget <= room); `low..entry.sp` is unused stack of
+    // the stack we are on, ending in its guard region.
+    let outcome = unsafe { call_with_budget(entry, f) };
+    // Below our stack pointer again, so gone as far as memcheck knows.
+    crate::valgrind::mark_defined(low, painted_top - low);
+    // SAFETY: we painted `low..painted_top` and the call is over; the
+    // memory is still mapped stack below our stack pointer.
+    let deepest = unsafe { deepest_touched(low, painted_top) };
+    report::record(name, budget, entry.sp - deepest);
+    match outcome {
+        Ok(value) => Ok(value),
+        Err(payload) => panic::resume_unwind(payload),
     }
 }
 

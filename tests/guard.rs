@@ -14,7 +14,7 @@ use stackswitch::guard::{self, GuardMode, StackGuard, MIN_BUDGET};
 
 mod common;
 use stackswitch::{
-    locate, remaining_stack, Error, Fiber, MmapStack, PoolConfig, StackLocation, StackPool,
+    locate, remaining_stack, Error, Fiber, MmapStack, PoolConfig, Stack, StackLocation, StackPool,
     Suspender,
 };
 
@@ -242,6 +242,87 @@ fn nested_overflow_names_the_innermost_guard() {
     assert!(!child.stderr.contains("outer_fn"));
 }
 
+/// Guards nested `NESTED.len()` deep (more than the fault handler keeps),
+/// each with `STEP` less than the one around it (room for a level's frames,
+/// unoptimised too); the innermost overflows.
+const NESTED: [&str; 10] = [
+    "nest0", "nest1", "nest2", "nest3", "nest4", "nest5", "nest6", "nest7", "nest8", "nest9",
+];
+
+const STEP: usize = 4 << 10;
+
+fn nest(level: usize) -> u8 {
+    let budget = BUDGET - level * STEP;
+    let guard = StackGuard::new(NESTED[level], budget).mode(GuardMode::Enforce);
+    guard
+        .run(|| {
+            if level + 1 == NESTED.len() {
+                use_stack::<{ BUDGET - 9 * STEP + PAGE }>()
+            } else {
+                nest(level + 1)
+            }
+        })
+        .unwrap()
+}
+
+#[test]
+fn deeply_nested_overflow_names_the_innermost_guard() {
+    const NAME: &str = "deeply_nested_overflow_names_the_innermost_guard";
+    if is_child(NAME) {
+        on_thread(1 << 20, || nest(0));
+        unreachable!("the innermost call must fault");
+    }
+    let child = run_child(NAME, &[]);
+    assert_aborted(&child);
+    let innermost = BUDGET - 9 * STEP;
+    assert!(
+        child.stderr.contains(&format!(
+            "`nest9` overflowed its stack budget of {innermost} bytes"
+        )),
+        "{}",
+        child.stderr
+    );
+}
+
+#[test]
+fn overflow_under_an_outer_guard_names_it() {
+    // A guarded call on the thread resumes a fiber that suspends inside a
+    // guarded call of its own: back on the thread, the innermost guarded
+    // call on this thread is the fiber's, but an overflow of the thread's
+    // stack is the outer call's.
+    const NAME: &str = "overflow_under_an_outer_guard_names_it";
+    if is_child(NAME) {
+        on_thread(1 << 20, || {
+            let outer = StackGuard::new("outer_on_thread", BUDGET).mode(GuardMode::Enforce);
+            outer
+                .run(|| {
+                    let pool =
+                        StackPool::new(PoolConfig::default().stack_size(256 << 10).capacity(1))
+                            .unwrap();
+                    let mut fiber = Fiber::with_stack(
+                        pool.acquire().unwrap(),
+                        |_: (), s: &Suspender<(), ()>| {
+                            let inner = StackGuard::new("inner_on_fiber", 16 << 10)
+                                .mode(GuardMode::Enforce);
+                            inner.run(|| s.suspend(())).unwrap();
+                        },
+                    )
+                    .unwrap();
+                    assert!(fiber.resume(()).yielded().is_some());
+                    use_stack::<{ BUDGET + PAGE }>()
+                })
+                .unwrap();
+        });
+        unreachable!("the outer call must fault");
+    }
+    let child = run_child(NAME, &[]);
+    assert_aborted(&child);
+    assert!(child
+        .stderr
+        .contains("`outer_on_thread` overflowed its stack budget of 65536 bytes"));
+    assert!(!child.stderr.contains("inner_on_fiber"));
+}
+
 #[test]
 fn thread_without_alternate_stack_gets_one() {
     const NAME: &str = "thread_without_alternate_stack_gets_one";
@@ -304,6 +385,115 @@ fn errors_name_the_numbers() {
             5
         );
     });
+}
+
+/// Bytes left inside a guarded call under `guard`.
+fn left_under(guard: StackGuard) -> usize {
+    guard.run(|| remaining_stack().unwrap()).unwrap()
+}
+
+#[test]
+fn each_call_is_budgeted_on_the_stack_it_runs_on() {
+    // Calls on one thread move between its own stack and fibers on pool
+    // slots, and pools come and go: every call gets exactly its budget on
+    // the stack it runs on, whatever the previous call ran on.
+    const SMALL: usize = 16 << 10;
+    let guard = StackGuard::new("moving", SMALL).mode(GuardMode::Enforce);
+    let exact = |place: &str, left: usize| {
+        assert!(
+            (SMALL - SLACK..=SMALL).contains(&left),
+            "{place}: {left} bytes left of a {SMALL}-byte budget"
+        );
+    };
+    on_thread(1 << 20, move || {
+        exact("thread", left_under(guard));
+        let pool_a =
+            StackPool::new(PoolConfig::default().stack_size(256 << 10).capacity(2)).unwrap();
+        // The fiber runs on A's upper slot (where a smaller mapping made
+        // after A is gone usually lands: the kernel fills a gap from the top).
+        let (mut stack_a, mut spare) = (pool_a.acquire().unwrap(), pool_a.acquire().unwrap());
+        if spare.bounds().low > stack_a.bounds().low {
+            std::mem::swap(&mut stack_a, &mut spare);
+        }
+        let (a_low, a_high) = (stack_a.bounds().low, stack_a.bounds().high);
+        let mut on_a = Fiber::with_stack(stack_a, move |_: (), s: &Suspender<(), usize>| {
+            let first = left_under(guard);
+            s.suspend(first);
+            left_under(guard)
+        })
+        .unwrap();
+        exact("pool A", on_a.resume(()).yielded().unwrap());
+        exact("thread after pool A", left_under(guard));
+        let pool_b =
+            StackPool::new(PoolConfig::default().stack_size(64 << 10).capacity(2)).unwrap();
+        let mut on_b = Fiber::with_stack(
+            pool_b.acquire().unwrap(),
+            move |_: (), _: &Suspender<(), ()>| left_under(guard),
+        )
+        .unwrap();
+        exact("pool B", on_b.resume(()).returned().unwrap());
+        exact("pool A after pool B", on_a.resume(()).returned().unwrap());
+
+        // Pool A goes and a pool with smaller slots takes (usually) its
+        // addresses: a call on one of those slots runs inside the range
+        // the last call on A found, and must not reuse that answer (its
+        // lowered stack pointer would be in A's old memory, not in C).
+        drop((on_a, spare, pool_a));
+        let pool_c =
+            StackPool::new(PoolConfig::default().stack_size(32 << 10).capacity(4)).unwrap();
+        let stacks: Vec<_> = (0..4).map(|_| pool_c.acquire().unwrap()).collect();
+        let inside = stacks
+            .iter()
+            .filter(|s| a_low <= s.bounds().low && s.bounds().high <= a_high)
+            .count();
+        println!("{inside} of pool C's 4 stacks lie where pool A's stack was");
+        for stack in stacks {
+            let mut on_c =
+                Fiber::with_stack(stack, move |_: (), _: &Suspender<(), ()>| left_under(guard))
+                    .unwrap();
+            exact("pool C", on_c.resume(()).returned().unwrap());
+        }
+
+        // A stack the table does not know, after all of that, is an error.
+        let mut on_mmap = Fiber::with_stack(
+            MmapStack::new(256 << 10).unwrap(),
+            move |_: (), _: &Suspender<(), ()>| guard.run(|| ()).unwrap_err(),
+        )
+        .unwrap();
+        let err = on_mmap.resume(()).returned().unwrap();
+        assert!(matches!(err, Error::UnknownStack), "{err:?}");
+        exact("thread at the end", left_under(guard));
+    });
+}
+
+/// The largest budget a guard accepts here, found by trying (the
+/// guard's own frames make it a little less than what `remaining_stack`
+/// says), and the closure's value under it.
+fn at_the_edge() -> (usize, u64) {
+    let left = remaining_stack().unwrap();
+    let mut refused = false;
+    for below in (0..left).step_by(16) {
+        let guard = StackGuard::new("edge", left - below).mode(GuardMode::Enforce);
+        match guard.run(|| use_stack::<512>() as u64 + 1) {
+            Ok(v) => {
+                assert!(refused, "a budget of all that is left was accepted");
+                return (left - below, v);
+            }
+            Err(Error::BudgetTooLarge { .. }) => refused = true,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    unreachable!("no budget accepted")
+}
+
+#[test]
+fn the_largest_accepted_budget_runs() {
+    // The closure's frames start right below the lowered stack pointer;
+    // whatever the switch keeps on the caller's side must be above it.
+    let (_, v) = on_thread(1 << 20, at_the_edge);
+    assert_eq!(v, 1);
+    let (_, v) = on_pool_fiber(at_the_edge);
+    assert_eq!(v, 1);
 }
 
 #[test]

@@ -39,7 +39,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
-use super::{ActiveGuard, ACTIVE};
+use super::{ActiveGuard, MAX_OUTER, THREAD};
 use crate::stack::lookup::{locate_in_signal, thread_stack_cached, StackLocation};
 use crate::{page_size, Error, StackBounds};
 
@@ -133,8 +133,10 @@ pub(crate) fn ensure_ready() -> Result<(), Error> {
 #[cold]
 fn prepare_thread() -> Result<(), Error> {
     install_fault_handler()?;
-    // Reading the thread's stack now caches it for the signal handler.
-    let _ = crate::stack::lookup::thread_stack();
+    // The thread's own stack is not read here (for the main thread glibc
+    // parses /proc/self/maps, 100 µs and more in a process with many
+    // mappings): the handler only needs it while a guarded call runs on
+    // that stack, and finding that stack for the call has cached it.
     // SAFETY: all-zero is a valid stack_t to receive the current setting.
     let mut current: libc::stack_t = unsafe { std::mem::zeroed() };
     // SAFETY: queries the alternate stack into valid memory.
@@ -337,14 +339,20 @@ pub unsafe fn handle_fault(
 
 /// The innermost guarded call on this thread running on the stack `bounds`.
 fn active_guard_on(bounds: StackBounds) -> Option<ActiveGuard> {
-    ACTIVE
-        .try_with(|active| {
-            let depth = active.depth.get().min(active.entries.len());
-            active.entries[..depth]
-                .iter()
+    THREAD
+        .try_with(|thread| {
+            let depth = thread.depth.get();
+            if depth == 0 {
+                return None;
+            }
+            // Innermost first; a guarded call's lowered stack pointer lies
+            // inside its stack.
+            let outer = (depth.saturating_sub(MAX_OUTER + 1)..depth - 1)
                 .rev()
-                .map(Cell::get)
-                .find(|g| g.bounds == bounds)
+                .filter_map(|level| thread.outer_guard(level));
+            std::iter::once(thread.innermost.get())
+                .chain(outer)
+                .find(|g| bounds.contains(g.sp))
         })
         .ok()
         .flatten()

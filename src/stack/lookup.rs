@@ -47,6 +47,28 @@ const EMPTY: Region = Region {
 static REGIONS: [Region; MAX_REGIONS] = [EMPTY; MAX_REGIONS];
 /// One past the highest entry ever claimed: lookups scan `0..USED`.
 static USED: AtomicUsize = AtomicUsize::new(0);
+/// Bumped each time a region is published or withdrawn. A lookup's answer
+/// may be cached (the guard keeps one per thread) for as long as this has
+/// not changed; 64 bits do not wrap around.
+static EPOCH: AtomicUsize = AtomicUsize::new(0);
+
+/// The current value of the table's epoch: answers found under an epoch
+/// stay right until it changes.
+///
+/// Relaxed is enough: a thread can only be running on (or asking about)
+/// memory that a new region reuses after the withdrawal of the old one,
+/// which happened before the memory was unmapped, so its bump is visible by
+/// then; a racing publish or withdrawal elsewhere may be seen late, exactly
+/// as a lookup made a moment earlier would have seen the table.
+#[inline]
+pub(crate) fn epoch() -> usize {
+    EPOCH.load(Ordering::Relaxed)
+}
+
+/// Moves the epoch on.
+fn bump_epoch() {
+    EPOCH.fetch_add(1, Ordering::Release);
+}
 
 /// Where an address was found: a pool slot or a thread's stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +128,7 @@ pub(crate) fn register_region(
             r.id.store(id, Ordering::Relaxed);
             r.base.store(base, Ordering::Release);
             USED.fetch_max(index + 1, Ordering::Release);
+            bump_epoch();
             return Ok(Registration { index });
         }
     }
@@ -118,6 +141,7 @@ impl Drop for Registration {
     fn drop(&mut self) {
         let r = &REGIONS[self.index];
         r.base.store(0, Ordering::Release);
+        bump_epoch();
         r.claimed.store(false, Ordering::Release);
     }
 }
@@ -343,6 +367,17 @@ mod tests {
         assert!(b.in_guard(slot1 + 0xfff));
         drop(reg);
         assert_eq!(find_in_regions(slot1 + 0x1000), None);
+    }
+
+    #[test]
+    fn epoch_moves_on_publish_and_withdrawal() {
+        // Other tests register regions concurrently: only "it moved" holds.
+        let before = epoch();
+        let reg = register_region(0x7100_0000_0000, 0x11000, 2, 0x1000, 78).unwrap();
+        let published = epoch();
+        assert_ne!(published, before);
+        drop(reg);
+        assert_ne!(epoch(), published);
     }
 
     #[test]
