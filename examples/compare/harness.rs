@@ -1,6 +1,7 @@
 //! Timing: every case of a group is calibrated, warmed up, then sampled in
-//! rounds that visit the cases in turn, so noise from the rest of the
-//! machine falls on all of them alike. A sample is one batch of operations;
+//! rounds that visit the cases in turn (each round starting one case
+//! later), so noise from the rest of the machine falls on all of them
+//! alike. A sample is one batch of operations;
 //! its time per operation is what the statistics are taken over. Batches
 //! are short (1 ms, well under a scheduler time slice) and many, so that
 //! most pairs of samples run undisturbed even on a busy machine.
@@ -18,6 +19,9 @@ pub struct Plan {
     pub batch: Duration,
     /// Batches measured per case, after one warm-up batch.
     pub samples: usize,
+    /// How long to keep the CPU busy before the first measurement (see
+    /// [`warm_up_machine`]).
+    pub machine_warm_up: Duration,
 }
 
 impl Plan {
@@ -25,6 +29,7 @@ impl Plan {
         Plan {
             batch: Duration::from_millis(1),
             samples: 101,
+            machine_warm_up: Duration::from_secs(3),
         }
     }
 
@@ -32,6 +37,7 @@ impl Plan {
         Plan {
             batch: Duration::from_millis(1),
             samples: 15,
+            machine_warm_up: Duration::from_millis(300),
         }
     }
 }
@@ -148,6 +154,19 @@ impl Progress {
     }
 }
 
+/// Runs `op` in batches for `plan.machine_warm_up` before anything is
+/// measured. Measured on this project's CI machine (a 2-core KVM guest):
+/// the first second or two of a busy spell run switch loops about 1.5x
+/// slower, for every crate alike, and the round trips, measured first,
+/// would otherwise be taken in that state rather than the steady one.
+pub fn warm_up_machine(op: &mut Op, plan: Plan, progress: &mut Progress) {
+    progress.say("warming up the CPU");
+    let start = Instant::now();
+    while start.elapsed() < plan.machine_warm_up {
+        op(10_000);
+    }
+}
+
 fn time(op: &mut Op, n: u64) -> Duration {
     let start = Instant::now();
     op(n);
@@ -191,8 +210,13 @@ pub fn measure(group: &str, cases: &mut [Case], plan: Plan, progress: &mut Progr
     let mut samples = vec![Vec::with_capacity(plan.samples); cases.len()];
     for round in 0..plan.samples {
         progress.say(&format!("{group}: round {}/{}", round + 1, plan.samples));
-        for (i, case) in cases.iter_mut().enumerate() {
-            let t = time(&mut case.op, sizes[i]);
+        // Each round starts one case later, so that no case always runs
+        // right after the same other one (whose effect on caches,
+        // predictors or the CPU's clock it would otherwise always inherit).
+        let k = cases.len();
+        for j in 0..k {
+            let i = (round + j) % k;
+            let t = time(&mut cases[i].op, sizes[i]);
             samples[i].push(t.as_nanos() as f64 / sizes[i] as f64);
         }
     }
