@@ -56,11 +56,10 @@ pub(crate) fn by_value<T: 'static>() -> bool {
 pub(crate) fn encode<T: 'static>(value: &ManuallyDrop<T>) -> usize {
     if by_value::<T>() {
         let mut word = 0usize;
-        // SAFETY: by_value::<T>() means T fits in a usize and every byte of
-        // a T is initialized, so the word is fully initialized after this
-        // unaligned write into its low bytes. The T is copied bit for bit;
-        // it is moved out exactly once, by the receiver's decode (the
-        // original is ManuallyDrop and never used again).
+        // The T is copied bit for bit; it is moved out exactly once, by the
+        // receiver's decode (the original is ManuallyDrop, never used again).
+        // SAFETY: by_value::<T>() means T fits in a usize and has no
+        // uninitialized bytes, so the word is fully initialized after this.
         unsafe { ptr::write_unaligned((&raw mut word).cast::<T>(), ptr::read(&**value)) };
         word
     } else {
