@@ -389,13 +389,10 @@ impl<I: 'static, Y: 'static, R, S: Stack> Fiber<I, Y, R, S> {
     /// the fiber (whose `drop` would drop the stack again).
     ///
     /// # Safety
-    /// The fiber must be finished or ended (`end`).
+    /// The fiber must be finished or ended (`end_unfinished`).
     #[inline(always)]
     unsafe fn take_stack(mut self) -> S {
-        if self.valgrind_stack != 0 {
-            let b = self.stack.bounds();
-            crate::valgrind::stack_deregister(self.valgrind_stack, b.low, b.high);
-        }
+        self.valgrind_deregister();
         // SAFETY: `self` is forgotten right after, so the stack is moved out
         // exactly once; the caller says nothing lives on it.
         let stack = unsafe { ManuallyDrop::take(&mut self.stack) };
@@ -542,14 +539,21 @@ impl<I: 'static, Y: 'static, R, S: Stack> Drop for Fiber<I, Y, R, S> {
 }
 
 impl<I: 'static, Y: 'static, R, S: Stack> Fiber<I, Y, R, S> {
-    /// Hands the stack of a fiber that holds nothing on it back to Valgrind
-    /// (if it was registered) and drops it.
+    /// Undoes the stack's registration with Valgrind, if it was registered:
+    /// one test of a field the fiber holds when it was not.
     #[inline(always)]
-    fn release_stack(&mut self) {
+    fn valgrind_deregister(&self) {
         if self.valgrind_stack != 0 {
             let b = self.stack.bounds();
             crate::valgrind::stack_deregister(self.valgrind_stack, b.low, b.high);
         }
+    }
+
+    /// Hands the stack of a fiber that holds nothing on it back to Valgrind
+    /// (if it was registered) and drops it.
+    #[inline(always)]
+    fn release_stack(&mut self) {
+        self.valgrind_deregister();
         // SAFETY: the fiber holds nothing on the stack any more, and this
         // runs once, from `drop`.
         unsafe { ManuallyDrop::drop(&mut self.stack) };
