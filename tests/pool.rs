@@ -696,17 +696,10 @@ fn pool_vma_count_does_not_grow_with_stacks_when_guards_are_markers() {
 
 #[test]
 fn mprotect_guards_cost_two_vmas_per_stack() {
-    let out = common::self_command()
-        .args([
-            "--exact",
-            "mprotect_guard_vmas_in_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("STACKSWITCH_GUARD", "mprotect")
-        .output()
-        .unwrap();
+    let out = common::run_ignored_child(
+        "mprotect_guard_vmas_in_child",
+        &[("STACKSWITCH_GUARD", "mprotect")],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -742,16 +735,7 @@ fn mprotect_guard_vmas_in_child() {
     ignore = "aarch64 runs under qemu-user, which does not emulate seccomp (PR_SET_SECCOMP: EINVAL)"
 )]
 fn warm_fiber_makes_no_system_call() {
-    let out = common::self_command()
-        .args([
-            "--exact",
-            "warm_fiber_under_seccomp_in_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .output()
-        .unwrap();
+    let out = common::run_ignored_child("warm_fiber_under_seccomp_in_child", &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("no memory system call in 10000 warm fibers"),
@@ -857,16 +841,7 @@ fn warm_fiber_under_seccomp_in_child() {
     ignore = "aarch64 runs under qemu-user, which does not emulate seccomp (PR_SET_SECCOMP: EINVAL)"
 )]
 fn zeroing_is_exact_without_process_madvise() {
-    let out = common::self_command()
-        .args([
-            "--exact",
-            "zeroing_without_process_madvise_in_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .output()
-        .unwrap();
+    let out = common::run_ignored_child("zeroing_without_process_madvise_in_child", &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("1 passed"),

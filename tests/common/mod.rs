@@ -41,3 +41,21 @@ pub fn run_child(test: &str, env_var: &str) -> std::process::Output {
         .output()
         .expect("spawn the test binary")
 }
+
+/// Runs the `#[ignore]`d test named `test` alone in a child process, with
+/// `env` added to its environment, and returns its output: for tests whose
+/// body must run in a fresh process (a seccomp filter, a guard setting read
+/// once per process).
+pub fn run_ignored_child(test: &str, env: &[(&str, &str)]) -> std::process::Output {
+    self_command()
+        .args([
+            "--exact",
+            test,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .envs(env.iter().copied())
+        .output()
+        .expect("spawn the test binary")
+}
