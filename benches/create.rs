@@ -1,5 +1,6 @@
 //! Fiber create + first resume + finish + drop, by where the stack comes
-//! from: reused (`into_stack`), a fresh mmap, and (once it lands) the pool;
+//! from: a pool (through a thread's `LocalPool` handle and a shared
+//! `StackPool` one), reused (`into_stack`), a fresh mmap;
 //! stackswitch, corosensei and Wasmtime's fiber.
 //!
 //! The loops are the ones `examples/compare` runs: `cargo bench --bench

@@ -87,7 +87,8 @@ pub use error::Error;
 pub use fiber::{Fiber, FiberResult, SendFiber, Suspender};
 pub use guard::{with_stack_budget, GuardMode, StackGuard};
 pub use stack::{
-    guard_kind, locate, page_size, remaining_stack, thread_stack, GuardKind, MmapStack, PoolConfig,
-    PooledStack, Stack, StackBounds, StackLocation, StackPool, MAX_POOL_BYTES, MAX_POOL_CAPACITY,
-    MAX_REGIONS, MAX_STACK_SIZE, MIN_STACK_SIZE,
+    guard_kind, locate, page_size, remaining_stack, thread_stack, GuardKind, LocalPool, LocalStack,
+    MmapStack, PoolConfig, PooledStack, Stack, StackBounds, StackLocation, StackPool,
+    DEFAULT_LOCAL_KEEP, MAX_POOL_BYTES, MAX_POOL_CAPACITY, MAX_REGIONS, MAX_STACK_SIZE,
+    MIN_STACK_SIZE,
 };

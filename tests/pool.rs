@@ -817,16 +817,27 @@ fn warm_fiber_under_seccomp_in_child() {
             .unwrap();
         fiber.resume(x).returned().unwrap()
     };
-    // Warm the slot: guard installed, canaries written.
+    // The same on a stack from this thread's LocalPool handle.
+    let local = pool.local();
+    let run_local = |x: u64| {
+        let mut fiber = Fiber::with_stack(
+            local.acquire().unwrap(),
+            |x: u64, _: &Suspender<u64, ()>| x + 1,
+        )
+        .unwrap();
+        fiber.resume(x).returned().unwrap()
+    };
+    // Warm the slots: guards installed, canaries written.
     for i in 0..10 {
         assert_eq!(run(&pool, i), i + 1);
+        assert_eq!(run_local(i), i + 1);
     }
     forbid_memory_syscalls();
     let mut sum = 0;
-    for i in 0..10_000 {
-        sum += run(&pool, i);
+    for i in 0..5_000 {
+        sum += run(&pool, i) + run_local(i);
     }
-    assert_eq!(sum, (1..=10_000).sum::<u64>());
+    assert_eq!(sum, 2 * (1..=5_000).sum::<u64>());
     let msg = b"no memory system call in 10000 warm fibers\n";
     // SAFETY: writing a buffer we own to stdout.
     unsafe { libc::write(1, msg.as_ptr().cast(), msg.len()) };
@@ -1033,4 +1044,223 @@ fn pools_and_stacks_cross_threads() {
     std::thread::spawn(move || drop(stack)).join().unwrap();
     assert_eq!(pool.in_use(), 0);
     assert!(pool.acquire().is_ok());
+}
+
+// LocalPool: a thread's own handle, which keeps returned stacks for itself.
+
+#[test]
+fn local_stacks_come_back_to_their_handle_newest_first() {
+    let pool = StackPool::new(PoolConfig::default().stack_size(64 << 10).capacity(8)).unwrap();
+    let local = pool.local_keeping(3).unwrap();
+    assert_eq!((local.keep(), local.kept()), (3, 0));
+    let stacks: Vec<_> = (0..4).map(|_| local.acquire().unwrap()).collect();
+    let slots: Vec<usize> = stacks.iter().map(|s| s.slot()).collect();
+    for (s, slot) in stacks.iter().zip(&slots) {
+        assert_eq!(s.pool_id(), pool.id());
+        assert_eq!(Some(s.bounds()), pool.slot_bounds(*slot));
+    }
+    assert_eq!(pool.in_use(), 4);
+    // Returned in order 0, 1, 2, 3: the handle keeps three; the oldest of
+    // them goes back to the pool when the fourth comes.
+    drop(stacks);
+    assert_eq!(local.kept(), 3);
+    assert_eq!(pool.in_use(), 3, "kept stacks count as in use");
+    let mut taken = Vec::new();
+    for want in [slots[3], slots[2], slots[1]] {
+        // Returned at once, it is the newest again and comes back next.
+        assert_eq!(local.acquire().unwrap().slot(), want);
+        let stack = local.acquire().unwrap();
+        assert_eq!(stack.slot(), want);
+        taken.push(stack);
+    }
+    assert_eq!(local.kept(), 0);
+    // Nothing kept: the next comes from the pool, where slot 0 went.
+    let from_pool = local.acquire().unwrap();
+    assert_eq!(from_pool.slot(), slots[0]);
+    assert_eq!(pool.in_use(), 4);
+    // Back to the handle (one to the pool: four came back), and the
+    // handle's last clone gives every kept stack back to the pool.
+    drop((taken, from_pool));
+    assert_eq!((local.kept(), pool.in_use()), (3, 3));
+    let clone = local.clone();
+    drop(local);
+    assert_eq!((clone.kept(), pool.in_use()), (3, 3));
+    drop(clone);
+    assert_eq!(pool.in_use(), 0);
+}
+
+#[test]
+fn a_fiber_on_a_local_stack_runs_there_and_hands_it_back() {
+    let pool = StackPool::new(PoolConfig::default().stack_size(64 << 10).capacity(4)).unwrap();
+    let local = pool.local();
+    assert_eq!(local.keep(), 4, "the default keeps at most the capacity");
+    let stack = local.acquire().unwrap();
+    let (slot, b) = (stack.slot(), stack.bounds());
+    assert!(matches!(
+        locate(b.low),
+        Some(StackLocation::PoolSlot { region_id, slot: s, bounds })
+            if region_id == pool.id() && s == slot && bounds == b
+    ));
+    let mut fiber = Fiber::with_stack(stack, |x: u32, s: &Suspender<u32, Option<StackBounds>>| {
+        let y = s.suspend(StackBounds::current());
+        x + y + remaining_stack().is_some() as u32
+    })
+    .unwrap();
+    assert_eq!(fiber.resume(1), FiberResult::Yield(Some(b)));
+    assert_eq!(fiber.resume(2), FiberResult::Return(4));
+    drop(fiber);
+    assert_eq!(local.kept(), 1);
+    // Dropping a suspended fiber unwinds it, then hands the stack back.
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&dropped);
+    let mut fiber = Fiber::with_stack(
+        local.acquire().unwrap(),
+        move |_: (), s: &Suspender<(), ()>| {
+            struct SetOnDrop(Arc<AtomicBool>);
+            impl Drop for SetOnDrop {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::SeqCst);
+                }
+            }
+            let _guard = SetOnDrop(flag);
+            s.suspend(());
+        },
+    )
+    .unwrap();
+    assert_eq!(fiber.resume(()), FiberResult::Yield(()));
+    assert_eq!(local.kept(), 0);
+    drop(fiber);
+    assert!(dropped.load(Ordering::SeqCst));
+    assert_eq!(local.kept(), 1);
+    assert_eq!(local.acquire().unwrap().slot(), slot);
+}
+
+#[test]
+fn kept_local_stacks_are_in_use_until_their_handle_goes() {
+    let pool = StackPool::new(PoolConfig::default().stack_size(64 << 10).capacity(2)).unwrap();
+    let local = pool.local();
+    let held = (local.acquire().unwrap(), local.acquire().unwrap());
+    let err = local.acquire().unwrap_err();
+    assert!(matches!(err, Error::PoolExhausted { capacity: 2 }), "{err}");
+    assert!(pool.acquire().is_err());
+    drop(held);
+    // The handle keeps both: the pool's other users cannot have them.
+    assert_eq!((local.kept(), pool.in_use()), (2, 2));
+    assert!(matches!(
+        pool.acquire(),
+        Err(Error::PoolExhausted { capacity: 2 })
+    ));
+    let again = local.acquire().unwrap();
+    drop(again);
+    drop(local);
+    assert_eq!(pool.in_use(), 0);
+    let both = (pool.acquire().unwrap(), pool.acquire().unwrap());
+    assert_ne!(both.0.slot(), both.1.slot());
+}
+
+#[test]
+fn bad_local_keep_names_the_numbers() {
+    let pool = StackPool::new(PoolConfig::default().stack_size(64 << 10).capacity(4)).unwrap();
+    for keep in [0, 5, usize::MAX] {
+        let err = pool.local_keeping(keep).unwrap_err();
+        assert!(matches!(err, Error::BadPoolConfig { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("keeping {keep} stacks")) && text.contains("1 to 4"),
+            "{text}"
+        );
+    }
+    assert_eq!(pool.local_keeping(4).unwrap().keep(), 4);
+    assert_eq!(pool.local_keeping(1).unwrap().keep(), 1);
+}
+
+#[test]
+fn local_stacks_of_a_zeroing_pool_are_zeroed_on_return() {
+    let pool = StackPool::new(
+        PoolConfig::default()
+            .stack_size(64 << 10)
+            .capacity(2)
+            .zero_on_return(true),
+    )
+    .unwrap();
+    let local = pool.local();
+    let stack = local.acquire().unwrap();
+    assert!(all_zero(&stack));
+    fill(&stack, 0xab);
+    drop(stack);
+    // It went back to the pool to be zeroed, not to the handle.
+    assert_eq!((local.kept(), pool.in_use()), (0, 0));
+    for _ in 0..4 {
+        let stack = local.acquire().unwrap();
+        assert!(all_zero(&stack));
+        fill(&stack, 0xcd);
+    }
+}
+
+#[test]
+fn deep_local_stacks_are_trimmed_on_return() {
+    let size = 256 << 10;
+    let keep = 64 << 10;
+    let pool = StackPool::new(
+        PoolConfig::default()
+            .stack_size(size)
+            .resident(keep)
+            .capacity(2),
+    )
+    .unwrap();
+    let local = pool.local();
+    let stack = local.acquire().unwrap();
+    let b = stack.bounds();
+    let limit = b.high - keep;
+    fill(&stack, 1);
+    drop(stack);
+    // Kept by the handle, and trimmed like a PooledStack: the canaries
+    // tripped, so the pages below the resident limit were released.
+    assert_eq!(local.kept(), 1);
+    assert!(resident_pages(b.low, limit - b.low).iter().all(|&r| !r));
+    assert!(resident_pages(limit, keep).iter().all(|&r| r));
+    // A shallow use keeps the resident part, and the canaries are armed
+    // again: a second deep use is trimmed as well.
+    let stack = local.acquire().unwrap();
+    assert_eq!(stack.bounds(), b);
+    fill(&stack, 2);
+    drop(stack);
+    assert!(resident_pages(b.low, limit - b.low).iter().all(|&r| !r));
+}
+
+#[test]
+fn a_local_stack_outlives_its_handles() {
+    // Unmapping is read from /proc/self/maps: in a child, as in
+    // `a_stack_outlives_its_pool`.
+    if std::env::var_os("STACKSWITCH_LOCAL_OUTLIVES_CHILD").is_none() {
+        let out = common::run_child(
+            "a_local_stack_outlives_its_handles",
+            "STACKSWITCH_LOCAL_OUTLIVES_CHILD",
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "child failed: {}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    let pool = StackPool::new(PoolConfig::default().stack_size(64 << 10).capacity(4)).unwrap();
+    let region = pool.region();
+    let local = pool.local();
+    drop(local.acquire().unwrap()); // one kept by the handle
+    let stack = local.acquire().unwrap();
+    let kept_too = local.acquire().unwrap();
+    drop(kept_too);
+    let b = stack.bounds();
+    drop(pool);
+    drop(local);
+    // The stack holds the handle's cache, which holds the pool open.
+    assert!(vmas_in(region.clone()) > 0);
+    let mut fiber =
+        Fiber::with_stack(stack, |_: (), _: &Suspender<(), ()>| StackBounds::current()).unwrap();
+    assert_eq!(fiber.resume(()), FiberResult::Return(Some(b)));
+    drop(fiber);
+    assert_eq!(vmas_in(region), 0, "the region outlived its last stack");
 }

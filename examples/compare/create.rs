@@ -15,6 +15,10 @@ pub const STACK: usize = 64 << 10;
 /// the baseline.
 pub const CASES: &[(&str, &str)] = &[
     (
+        "create-stackswitch-local",
+        "stackswitch, pooled stack (StackPool::local)",
+    ),
+    (
         "create-stackswitch-pooled",
         "stackswitch, pooled stack (StackPool)",
     ),
@@ -32,6 +36,7 @@ pub const CASES: &[(&str, &str)] = &[
 /// The operation "n fibers created, run and dropped" of one case.
 pub fn op(key: &str) -> Option<Op> {
     Some(match key {
+        "create-stackswitch-local" => stackswitch_local(),
         "create-stackswitch-pooled" => stackswitch_pooled(),
         "create-stackswitch-reused" => stackswitch_reused(),
         "create-stackswitch-fresh" => stackswitch_fresh(),
@@ -53,6 +58,24 @@ pub fn cases() -> Vec<Case> {
 #[inline(always)]
 fn body(x: u64) -> u64 {
     x.wrapping_add(1)
+}
+
+/// Acquire from this thread's handle on a warm pool, run, drop (which
+/// hands the stack back to that handle).
+fn stackswitch_local() -> Op {
+    let pool = StackPool::new(PoolConfig::default().stack_size(STACK).capacity(16)).expect("pool");
+    let local = pool.local();
+    Box::new(move |n| {
+        for i in 0..n {
+            let s = local.acquire().expect("pool stack");
+            let mut f =
+                Fiber::with_stack(s, |x: u64, _: &Suspender<u64, ()>| body(x)).expect("fiber");
+            match f.resume(black_box(i)) {
+                FiberResult::Return(r) => black_box(r),
+                FiberResult::Yield(()) => unreachable!(),
+            };
+        }
+    })
 }
 
 /// Acquire from a warm pool, run, drop (which hands the stack back).

@@ -396,7 +396,7 @@ fn targets(report: &mut Report) {
         1.0,
     ));
     report.targets.push(Target::at_most(
-        "create + run + drop on a pooled stack <= 10 ns",
+        "create + run + drop on a pooled stack <= 10 ns (StackPool::local)",
         report.stats(CREATE, create::CASES[0].1).map(|s| s.median),
         10.0,
     ));

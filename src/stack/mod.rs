@@ -34,7 +34,10 @@ mod pool;
 pub use lookup::{locate, remaining_stack, thread_stack, StackLocation, MAX_REGIONS};
 pub use mmap::{guard_kind, GuardKind, MmapStack};
 pub(crate) use mmap::{install_guard, reserve};
-pub use pool::{PoolConfig, PooledStack, StackPool, MAX_POOL_BYTES, MAX_POOL_CAPACITY};
+pub use pool::{
+    LocalPool, LocalStack, PoolConfig, PooledStack, StackPool, DEFAULT_LOCAL_KEEP, MAX_POOL_BYTES,
+    MAX_POOL_CAPACITY,
+};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -18,6 +18,9 @@ use super::{
 };
 use crate::Error;
 
+mod local;
+pub use local::{LocalPool, LocalStack, DEFAULT_LOCAL_KEEP};
+
 /// The largest region a pool reserves: 64 TiB of address space (x86_64 user
 /// space is 128 TiB; aarch64 with 48-bit addresses, 256 TiB).
 pub const MAX_POOL_BYTES: usize = 64 << 40;
