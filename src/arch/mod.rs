@@ -70,8 +70,28 @@ pub(crate) unsafe fn call_on_stack(arg: *mut u8, f: OnStackFn, sp: *mut u8) {
         0,
         "call_on_stack needs a 16-byte aligned sp"
     );
-    // SAFETY: the caller upholds the contract above, which is the .S routine's.
-    unsafe { stackswitch_call_on_stack_v2(arg, f, sp) }
+    // The x86_64 call goes through an asm! `call` of the symbol: a call of
+    // the extern fn compiles to an indirect `call` through the GOT, which
+    // the linker leaves as it is here.
+    // SAFETY: the caller upholds the contract above, which is the .S
+    // routine's; it is an extern "C" function, so clobber_abi("C") covers
+    // what it may change, and the stack is call-aligned (no `nostack`).
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        core::arch::asm!(
+            "call {on_stack}",
+            on_stack = sym stackswitch_call_on_stack_v2,
+            in("rdi") arg,
+            in("rsi") f,
+            in("rdx") sp,
+            clobber_abi("C"),
+        );
+    }
+    // SAFETY: as above.
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe {
+        stackswitch_call_on_stack_v2(arg, f, sp)
+    }
 }
 
 /// Where a fresh fiber's stack pointer points, for a given slot: its
