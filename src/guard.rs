@@ -558,8 +558,17 @@ fn current_stack(sp: usize, budget: usize) -> Result<(usize, usize), Error> {
     // fixed offset from the thread pointer.
     match THREAD.with(|thread| thread.cached(sp)) {
         Some(stack) => Ok(stack),
-        None => THREAD.with(|thread| thread.prepare(sp, budget)),
+        None => prepare_current(sp, budget),
     }
+}
+
+/// The miss path of [`current_stack`], out of line as a whole: `sp` and
+/// `budget` then reach it in registers (a closure capturing them for
+/// `THREAD.with` made every call store them to memory).
+#[cold]
+#[inline(never)]
+fn prepare_current(sp: usize, budget: usize) -> Result<(usize, usize), Error> {
+    THREAD.with(|thread| thread.prepare(sp, budget))
 }
 
 /// The `Enforce` path of a guarded call. Inlined into [`StackGuard::run`]:
