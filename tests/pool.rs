@@ -565,23 +565,10 @@ fn a_stack_outlives_its_pool() {
     // with nothing else mapping memory at the same time: the checks run in
     // a child process with one test thread.
     if std::env::var_os("STACKSWITCH_POOL_OUTLIVES_CHILD").is_none() {
-        let out = common::self_command()
-            .args([
-                "--exact",
-                "a_stack_outlives_its_pool",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("STACKSWITCH_POOL_OUTLIVES_CHILD", "1")
-            .output()
-            .expect("run the test binary again");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && stdout.contains("1 passed"),
-            "child failed: {}\n{stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::assert_child_passed(&common::run_child(
+            "a_stack_outlives_its_pool",
+            "STACKSWITCH_POOL_OUTLIVES_CHILD",
+        ));
         return;
     }
     let pool = StackPool::new(PoolConfig::default().stack_size(64 << 10).capacity(2)).unwrap();
@@ -853,13 +840,7 @@ fn warm_fiber_under_seccomp_in_child() {
 )]
 fn zeroing_is_exact_without_process_madvise() {
     let out = common::run_ignored_child("zeroing_without_process_madvise_in_child", &[]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "child failed: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_child_passed(&out);
 }
 
 /// Makes `process_madvise` fail with `ENOSYS` for this process, as on a
@@ -1233,17 +1214,10 @@ fn a_local_stack_outlives_its_handles() {
     // Unmapping is read from /proc/self/maps: in a child, as in
     // `a_stack_outlives_its_pool`.
     if std::env::var_os("STACKSWITCH_LOCAL_OUTLIVES_CHILD").is_none() {
-        let out = common::run_child(
+        common::assert_child_passed(&common::run_child(
             "a_local_stack_outlives_its_handles",
             "STACKSWITCH_LOCAL_OUTLIVES_CHILD",
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && stdout.contains("1 passed"),
-            "child failed: {}\n{stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ));
         return;
     }
     let pool = StackPool::new(PoolConfig::default().stack_size(64 << 10).capacity(4)).unwrap();

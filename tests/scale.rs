@@ -106,13 +106,7 @@ fn mprotect_fallback_reports_the_map_limit() {
             .env("STACKSWITCH_GUARD", "mprotect")
             .output()
             .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && stdout.contains("1 passed"),
-            "{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        print!("{stdout}");
+        print!("{}", common::assert_child_passed(&out));
         return;
     }
     let report = park_million::park(1_000_000, MIN_STACK_SIZE);

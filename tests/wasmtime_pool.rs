@@ -209,14 +209,10 @@ fn ten_thousand_stores_leave_nothing_behind() {
     // alone in a child process with one test thread.
     const CHILD: &str = "STACKSWITCH_TEN_THOUSAND_STORES_CHILD";
     if std::env::var_os(CHILD).is_none() {
-        let out = common::run_child("ten_thousand_stores_leave_nothing_behind", CHILD);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && stdout.contains("1 passed"),
-            "child failed: {}\n{stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::assert_child_passed(&common::run_child(
+            "ten_thousand_stores_leave_nothing_behind",
+            CHILD,
+        ));
         return;
     }
     let _serial = serial();

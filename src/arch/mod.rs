@@ -73,10 +73,10 @@ pub(crate) unsafe fn call_on_stack(arg: *mut u8, f: OnStackFn, sp: *mut u8) {
     // The x86_64 call goes through an asm! `call` of the symbol: a call of
     // the extern fn compiles to an indirect `call` through the GOT, which
     // the linker leaves as it is here.
+    #[cfg(target_arch = "x86_64")]
     // SAFETY: the caller upholds the contract above, which is the .S
     // routine's; it is an extern "C" function, so clobber_abi("C") covers
     // what it may change, and the stack is call-aligned (no `nostack`).
-    #[cfg(target_arch = "x86_64")]
     unsafe {
         core::arch::asm!(
             "call {on_stack}",
@@ -87,8 +87,8 @@ pub(crate) unsafe fn call_on_stack(arg: *mut u8, f: OnStackFn, sp: *mut u8) {
             clobber_abi("C"),
         );
     }
-    // SAFETY: as above.
     #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: as above.
     unsafe {
         stackswitch_call_on_stack_v2(arg, f, sp)
     }

@@ -59,3 +59,17 @@ pub fn run_ignored_child(test: &str, env: &[(&str, &str)]) -> std::process::Outp
         .output()
         .expect("spawn the test binary")
 }
+
+/// Asserts that a child run of one test (from [`run_child`] or
+/// [`run_ignored_child`]) succeeded and really ran it: a name that matched
+/// no test would exit with success too. Returns the child's stdout.
+pub fn assert_child_passed(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "child failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
