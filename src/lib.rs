@@ -3,7 +3,8 @@
 //! Stackful fibers with a hand-written assembly context switch, stacks whose
 //! bounds are known exactly and in O(1) ([`StackBounds::current`],
 //! [`remaining_stack`]), a [`StackPool`] that Wasmtime can use as its async
-//! stack creator, and a host-function stack guard ([`guard`]) that runs each
+//! stack creator (with a per-thread [`LocalPool`] handle for threads that
+//! make many short fibers), and a host-function stack guard ([`guard`]) that runs each
 //! host function with exactly the stack it is guaranteed, so one that needs
 //! more fails in every test instead of only under a deep guest in production.
 //!
