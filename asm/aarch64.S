@@ -38,7 +38,10 @@
  * it in the sender's frame (src/fiber.rs decides; this file never looks at
  * x0). x2 carries the control word: into a fiber, nonzero to continue and
  * 0 to ask it to unwind (resume_drop); back to the resumer, the fiber's sp
- * after a suspend and 0 after finish.
+ * after a suspend, and after finish whatever the fiber's entry passed it:
+ * 1 when its closure returned (x0 is the return value, encoded like any
+ * value) and 0 when it panicked or unwound (x0 points at how it ended). A
+ * stack pointer is never 0 or 1.
  *
  * Where the two stack pointers live. The slot, one word near the top of the
  * fiber's stack, holds the address of the resumer's frame record while the
@@ -149,7 +152,7 @@
  * x1 unchanged and x2 nonzero (still the frame address): "go on". It
  * returns, later, when the fiber suspends or finishes: their `ret` through
  * the x30 saved here pairs with this `bl`. x2 then says which: the fiber's
- * new sp after a suspend, 0 after finish; x0 is the fiber's value. x1 is
+ * new sp after a suspend, 1 or 0 after finish; x0 is the fiber's value. x1 is
  * never written here, nor in suspend or finish: both sides rely on it still
  * holding the slot.
  */
@@ -226,19 +229,19 @@ STACKSWITCH_FUNCTION(suspend)
 STACKSWITCH_END(suspend)
 
 /*
- * fn finish(value: x0, slot: x1) -> !
+ * fn finish(value: x0, slot: x1, control: x2) -> !
  *
  * The fiber's last switch: branched to (`b`, not `bl`: it never returns,
  * and a `bl` would unbalance the return-address predictor) from the
- * fiber's Rust entry once
- * everything on the fiber's stack has been dropped. Nothing of the fiber
- * is saved; the resumer gets x2 = 0 ("finished") and x0 = value (a
- * pointer to how the fiber ended).
+ * fiber's Rust entry once everything on the fiber's stack has been
+ * dropped, except what x0 hands over. Nothing of the fiber is saved; the
+ * resumer gets x0 and x2 as they are: x2 = 1 ("returned", x0 = the
+ * encoded return value) or 0 ("ended", x0 = a pointer to the panic or
+ * unwind).
  */
         .p2align 4
 STACKSWITCH_FUNCTION(finish)
         .cfi_startproc
-        mov     x2, xzr                         /* x2 = 0: the fiber finished */
         ldr     x10, [x1]                       /* x10 = the resumer's frame record */
         sub     sp, x10, #FRAME_X29             /* now on the resumer's stack, at its frame */
         RETURN_TO_RESUMER

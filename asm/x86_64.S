@@ -38,7 +38,10 @@
  * it in the sender's frame (src/fiber.rs decides; this file never looks at
  * rdi). rdx carries the control word: into a fiber, nonzero to continue
  * and 0 to ask it to unwind (resume_drop); back to the resumer, the fiber's
- * stack pointer after a suspend and 0 after finish.
+ * stack pointer after a suspend, and after finish whatever the fiber's
+ * entry passed it: 1 when its closure returned (rdi is the return value,
+ * encoded like any value) and 0 when it panicked or unwound (rdi points at
+ * how it ended). A stack pointer is never 0 or 1.
  *
  * Where the two stack pointers live. The slot, one word near the top of the
  * fiber's stack, holds the address of the resumer's frame record while the
@@ -179,7 +182,8 @@
  * It returns, later, when the fiber suspends or finishes: their `ret` pops
  * the return address this `call` pushed, so calls and returns stay paired
  * for the return-address predictor. rdx then says which: the fiber's new
- * stack pointer after a suspend, 0 after finish; rdi is the fiber's value.
+ * stack pointer after a suspend, 1 or 0 after finish; rdi is the fiber's
+ * value.
  * rsi is never written here, nor in suspend or finish: both sides rely on
  * it still holding the slot.
  */
@@ -233,19 +237,18 @@ STACKSWITCH_FUNCTION(suspend)
 STACKSWITCH_END(suspend)
 
 /*
- * fn finish(value: rdi, slot: rsi) -> !
+ * fn finish(value: rdi, slot: rsi, control: rdx) -> !
  *
  * The fiber's last switch: jumped to (not called: it never returns, and a
  * call would unbalance the return-address predictor) from the fiber's Rust
- * entry once
- * everything on the fiber's stack has been dropped. Nothing of the fiber is
- * saved; the resumer gets rdx = 0 ("finished") and rdi = value (a pointer
- * to how the fiber ended).
+ * entry once everything on the fiber's stack has been dropped, except what
+ * rdi hands over. Nothing of the fiber is saved; the resumer gets rdi and
+ * rdx as they are: rdx = 1 ("returned", rdi = the encoded return value)
+ * or 0 ("ended", rdi = a pointer to the panic or unwind).
  */
         .p2align 4
 STACKSWITCH_FUNCTION(finish)
         .cfi_startproc
-        xor     edx, edx                /* rdx = 0: the fiber finished */
         RETURN_TO_RESUMER               /* into the resumer's resume stub */
         .cfi_endproc
 STACKSWITCH_END(finish)

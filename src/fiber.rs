@@ -7,8 +7,9 @@
 //! else stays in the sender's frame: `resume(input)` hands the fiber a
 //! pointer to `input`, in a register, and the fiber moves the value out
 //! before it runs any of the user's code; `suspend(value)` does the same
-//! the other way. Nothing is boxed and nothing is copied twice. (That is
-//! why `I` and `Y` are `'static`: the choice is made on their `TypeId`.)
+//! the other way, and so does the closure's return value when it finishes.
+//! Nothing is boxed and nothing is copied twice. (That is why `I`, `Y` and
+//! `R` are `'static`: the choice is made on their `TypeId`.)
 //!
 //! # Panics and unwinding
 //! The fiber's closure runs inside `catch_unwind` at the base of its stack.
@@ -68,11 +69,13 @@ impl<Y, R> FiberResult<Y, R> {
     }
 }
 
-/// How a fiber's closure ended; handed to the resumer by `finish`.
-enum Exit<R> {
-    Return(R),
+/// How a fiber ended other than by its closure returning; handed to the
+/// resumer by `finish` with the control word [`arch::ENDED`]. (A returned
+/// value goes with [`arch::RETURNED`], encoded like a suspended one.)
+enum Exit {
     Panic(Box<dyn Any + Send>),
-    /// The fiber unwound because it was dropped while suspended.
+    /// The fiber unwound because it was dropped while suspended (or it was
+    /// dropped before it ran, and its closure was dropped).
     Unwound,
 }
 
@@ -84,11 +87,11 @@ struct ForcedUnwind;
 ///
 /// `I` is what each `resume` hands in, `Y` what each `suspend` hands out,
 /// `R` what the closure returns; `S` is the stack it runs on and owns.
-/// `I` and `Y` are `'static`: a primitive scalar crosses a switch in a
-/// register, anything else by reference to the sender's frame, and the
+/// `I`, `Y` and `R` are `'static`: a primitive scalar crosses a switch in
+/// a register, anything else by reference to the sender's frame, and the
 /// choice is made on their `TypeId` (see the module docs). Nothing is lost
-/// by it: the closure is `'static` too, so a borrowed `Y` could only
-/// borrow `'static` data.
+/// by it: the closure is `'static` too, so a borrowed `Y` or `R` could
+/// only borrow `'static` data.
 ///
 /// ```
 /// use stackswitch::{Fiber, FiberResult, MmapStack, Suspender};
@@ -117,11 +120,11 @@ struct ForcedUnwind;
 /// let fiber = Fiber::new(64 << 10, |_: (), _: &Suspender<(), ()>| ()).unwrap();
 /// needs_send(fiber); // error: `*mut usize` cannot be sent between threads
 /// ```
-pub struct Fiber<I: 'static, Y: 'static, R, S: Stack = MmapStack> {
+pub struct Fiber<I: 'static, Y: 'static, R: 'static, S: Stack = MmapStack> {
     /// The slot near the top of the stack (see `stack` module docs).
     slot: *mut usize,
     /// The fiber's switch frame while it is fresh or suspended; 0 once it
-    /// has finished (what the switch returns then). A fresh fiber's frame is the initial one, just below
+    /// has finished. A fresh fiber's frame is the initial one, just below
     /// the slot (see `is_started`): that is the whole state machine.
     sp: usize,
     /// Dropped last, and only when the fiber no longer needs it.
@@ -189,7 +192,7 @@ fn forced_unwind() -> ! {
 ///
 /// `extern "C"`: a panic escaping here would abort rather than unwind into
 /// the trampoline (none can: `catch_unwind` is around all user code).
-unsafe extern "C" fn fiber_entry<F, I: 'static, Y: 'static, R>(
+unsafe extern "C" fn fiber_entry<F, I: 'static, Y: 'static, R: 'static>(
     value: usize,
     data: *mut u8,
     slot: *mut usize,
@@ -198,7 +201,7 @@ unsafe extern "C" fn fiber_entry<F, I: 'static, Y: 'static, R>(
 where
     F: FnOnce(I, &Suspender<I, Y>) -> R,
 {
-    let exit = {
+    let ended = {
         // SAFETY: `data` is the closure Fiber::with_stack wrote; this first
         // resume is its only reader.
         let f = unsafe { ptr::read(data.cast::<F>()) };
@@ -206,8 +209,8 @@ where
             // A fresh fiber being dropped: drop the closure, run nothing. A
             // panicking destructor is carried to the dropper like any panic.
             match catch_unwind(AssertUnwindSafe(move || drop(f))) {
-                Ok(()) => Exit::Unwound,
-                Err(payload) => Exit::Panic(payload),
+                Ok(()) => Err(Exit::Unwound),
+                Err(payload) => Err(Exit::Panic(payload)),
             }
         } else {
             // SAFETY: a first resume other than Drop's hands an encoded
@@ -218,23 +221,34 @@ where
                 _types: PhantomData,
             };
             match catch_unwind(AssertUnwindSafe(|| f(input, &suspender))) {
-                Ok(r) => Exit::Return(r),
-                Err(payload) if payload.is::<ForcedUnwind>() => Exit::Unwound,
-                Err(payload) => Exit::Panic(payload),
+                Ok(r) => Ok(r),
+                Err(payload) if payload.is::<ForcedUnwind>() => Err(Exit::Unwound),
+                Err(payload) => Err(Exit::Panic(payload)),
             }
         }
     };
-    // Everything else on this stack has been dropped; `exit` is moved out by
-    // the resumer, which then never switches here again.
-    let exit = ManuallyDrop::new(exit);
-    // SAFETY: we are on this fiber's stack, and nothing on it needs dropping.
-    unsafe { arch::finish(&*exit as *const Exit<R> as usize, slot) }
+    // Everything else on this stack has been dropped; what is handed over
+    // is moved out by the resumer, which then never switches here again.
+    match ended {
+        Ok(r) => {
+            // Encoded as a suspend's value is: a u64 goes in the register.
+            let r = ManuallyDrop::new(r);
+            // SAFETY: we are on this fiber's stack, and nothing on it needs
+            // dropping; `r` stays in this frame, which is never left.
+            unsafe { arch::finish(word::encode(&r), slot, arch::RETURNED) }
+        }
+        Err(exit) => {
+            let exit = ManuallyDrop::new(exit);
+            // SAFETY: as above.
+            unsafe { arch::finish(&*exit as *const Exit as usize, slot, arch::ENDED) }
+        }
+    }
 }
 
 /// Bytes kept free for the fiber's own frames beyond its closure and slot.
 const MIN_FREE_STACK: usize = 4096;
 
-impl<I: 'static, Y: 'static, R> Fiber<I, Y, R, MmapStack> {
+impl<I: 'static, Y: 'static, R: 'static> Fiber<I, Y, R, MmapStack> {
     /// Creates a fiber on a new [`MmapStack`] of `stack_size` bytes.
     ///
     /// # Errors
@@ -247,7 +261,7 @@ impl<I: 'static, Y: 'static, R> Fiber<I, Y, R, MmapStack> {
     }
 }
 
-impl<I: 'static, Y: 'static, R, S: Stack> Fiber<I, Y, R, S> {
+impl<I: 'static, Y: 'static, R: 'static, S: Stack> Fiber<I, Y, R, S> {
     /// Creates a fiber that will run `f` on `stack`; nothing runs until the
     /// first [`resume`](Self::resume), whose input is `f`'s first argument.
     ///
@@ -295,7 +309,7 @@ impl<I: 'static, Y: 'static, R, S: Stack> Fiber<I, Y, R, S> {
     }
 }
 
-impl<I: 'static, Y: 'static, R, S: Stack> Fiber<I, Y, R, S> {
+impl<I: 'static, Y: 'static, R: 'static, S: Stack> Fiber<I, Y, R, S> {
     /// Runs the fiber until it suspends or returns. The first `resume`
     /// starts the closure with `input` as its first argument; later ones
     /// return `input` from the pending [`Suspender::suspend`].
@@ -333,23 +347,26 @@ impl<I: 'static, Y: 'static, R, S: Stack> Fiber<I, Y, R, S> {
         // its switch frame and its stack is alive (we own it).
         // It moves `input` out before running user code, hence ManuallyDrop.
         let (out, sp) = unsafe { arch::resume(word::encode(&input), self.slot, self.sp) };
-        // 0 once finished: that is also what `sp` says then.
-        self.sp = sp;
-        if sp != 0 {
+        if sp > arch::RETURNED {
+            self.sp = sp;
             // SAFETY: on yield, `out` is an encoded Y from the suspended
             // fiber, which it will not drop (ManuallyDrop in `suspend`).
-            FiberResult::Yield(unsafe { word::decode::<Y>(out) })
+            return FiberResult::Yield(unsafe { word::decode::<Y>(out) });
+        }
+        // Finished: 0 is also what `sp` says from now on.
+        self.sp = 0;
+        if sp == arch::RETURNED {
+            // SAFETY: `out` is the encoded value the closure returned, left
+            // undropped in the entry's frame, which stays mapped (we own
+            // the stack) and is never run again.
+            FiberResult::Return(unsafe { word::decode::<R>(out) })
         } else {
-            // SAFETY: on finish, `out` points at the Exit<R> the entry left
-            // on the fiber's stack, which stays mapped (we own it).
-            let exit = unsafe { ptr::read(out as *const Exit<R>) };
+            // SAFETY: `out` points at the Exit the entry left on the
+            // fiber's stack, as above.
             // A free function, not a method: passing `self` to an
             // out-of-line call would let the compiler assume the switch's
             // asm may change the Fiber, and reload its fields every switch.
-            match exit {
-                Exit::Return(r) => FiberResult::Return(r),
-                other => exit_result(other),
-            }
+            exit_result(unsafe { ptr::read(out as *const Exit) })
         }
     }
 
@@ -471,22 +488,24 @@ impl<I: 'static, Y: 'static, R, S: Stack> Fiber<I, Y, R, S> {
             // entry to drop the closure, or its pending `suspend` to unwind,
             // instead of reading an input.
             let (out, sp) = unsafe { arch::resume_drop(self.slot, self.sp) };
-            self.sp = sp;
-            if sp != 0 {
+            if sp > arch::RETURNED {
+                self.sp = sp;
                 // The fiber caught the unwind and suspended again: drop what
                 // it yielded and ask again until it finishes.
                 // SAFETY: as in `switch_in`.
                 drop(unsafe { word::decode::<Y>(out) });
                 continue;
             }
-            // SAFETY: as in `switch_in`.
-            return match unsafe { ptr::read(out as *const Exit<R>) } {
-                Exit::Unwound => None,
+            self.sp = 0;
+            if sp == arch::RETURNED {
                 // It caught the unwind and returned normally.
-                Exit::Return(r) => {
-                    drop(r);
-                    None
-                }
+                // SAFETY: as in `switch_in`.
+                drop(unsafe { word::decode::<R>(out) });
+                return None;
+            }
+            // SAFETY: as in `switch_in`.
+            return match unsafe { ptr::read(out as *const Exit) } {
+                Exit::Unwound => None,
                 // A destructor panicked, or the fiber caught the unwind and
                 // panicked with something else.
                 Exit::Panic(payload) => Some(payload),
@@ -495,13 +514,12 @@ impl<I: 'static, Y: 'static, R, S: Stack> Fiber<I, Y, R, S> {
     }
 }
 
-/// What `resume` returns once the fiber has finished other than by
-/// returning: its panic continued in the resumer.
+/// What `resume` does once the fiber has finished other than by returning:
+/// continue its panic in the resumer.
 #[cold]
 #[inline(never)]
-fn exit_result<Y, R>(exit: Exit<R>) -> FiberResult<Y, R> {
+fn exit_result(exit: Exit) -> ! {
     match exit {
-        Exit::Return(r) => FiberResult::Return(r),
         Exit::Panic(payload) => resume_unwind(payload),
         // Only Drop asks a fiber to unwind, and it does not come here.
         Exit::Unwound => unreachable!("a fiber unwound without being dropped"),
@@ -524,7 +542,7 @@ fn resumed_finished() -> ! {
     panic!("{}", Error::FiberFinished)
 }
 
-impl<I: 'static, Y: 'static, R, S: Stack> Drop for Fiber<I, Y, R, S> {
+impl<I: 'static, Y: 'static, R: 'static, S: Stack> Drop for Fiber<I, Y, R, S> {
     /// Drops a fresh fiber's closure, unwinds a suspended fiber (running the
     /// destructors of everything on its stack), then frees the stack.
     #[inline]
@@ -538,7 +556,7 @@ impl<I: 'static, Y: 'static, R, S: Stack> Drop for Fiber<I, Y, R, S> {
     }
 }
 
-impl<I: 'static, Y: 'static, R, S: Stack> Fiber<I, Y, R, S> {
+impl<I: 'static, Y: 'static, R: 'static, S: Stack> Fiber<I, Y, R, S> {
     /// Undoes the stack's registration with Valgrind, if it was registered:
     /// one test of a field the fiber holds when it was not.
     #[inline(always)]
@@ -576,7 +594,7 @@ impl<I: 'static, Y: 'static, R, S: Stack> Fiber<I, Y, R, S> {
     }
 }
 
-impl<I: 'static, Y: 'static, R, S: Stack> fmt::Debug for Fiber<I, Y, R, S> {
+impl<I: 'static, Y: 'static, R: 'static, S: Stack> fmt::Debug for Fiber<I, Y, R, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Fiber")
             .field("started", &self.is_started())
@@ -591,7 +609,7 @@ impl<I: 'static, Y: 'static, R, S: Stack> fmt::Debug for Fiber<I, Y, R, S> {
 ///
 /// It derefs to `&Fiber` for inspection, never to `&mut Fiber`: that would
 /// let safe code swap in a fiber nobody vouched for.
-pub struct SendFiber<I: 'static, Y: 'static, R, S: Stack = MmapStack>(Fiber<I, Y, R, S>);
+pub struct SendFiber<I: 'static, Y: 'static, R: 'static, S: Stack = MmapStack>(Fiber<I, Y, R, S>);
 
 // SAFETY: the caller of `into_send` promised that everything on the fiber's
 // stack may move between threads and that no thread-local address is kept
@@ -601,7 +619,7 @@ unsafe impl<I: Send + 'static, Y: Send + 'static, R: Send, S: Stack + Send> Send
 {
 }
 
-impl<I: 'static, Y: 'static, R, S: Stack> SendFiber<I, Y, R, S> {
+impl<I: 'static, Y: 'static, R: 'static, S: Stack> SendFiber<I, Y, R, S> {
     /// As [`Fiber::resume`].
     #[inline]
     #[track_caller]
@@ -624,14 +642,14 @@ impl<I: 'static, Y: 'static, R, S: Stack> SendFiber<I, Y, R, S> {
     }
 }
 
-impl<I: 'static, Y: 'static, R, S: Stack> std::ops::Deref for SendFiber<I, Y, R, S> {
+impl<I: 'static, Y: 'static, R: 'static, S: Stack> std::ops::Deref for SendFiber<I, Y, R, S> {
     type Target = Fiber<I, Y, R, S>;
     fn deref(&self) -> &Self::Target {
         &self.0
     }
 }
 
-impl<I: 'static, Y: 'static, R, S: Stack> fmt::Debug for SendFiber<I, Y, R, S> {
+impl<I: 'static, Y: 'static, R: 'static, S: Stack> fmt::Debug for SendFiber<I, Y, R, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
     }

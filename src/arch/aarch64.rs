@@ -93,7 +93,8 @@ compile_error!("stackswitch's switch does not yet declare the SVE registers as c
 
 /// Switches from the resumer into the fiber whose slot is `slot` and whose
 /// switch frame is at `sp`, handing it `value`; returns what the fiber handed
-/// back and its new switch frame after a suspend, or 0 if it finished.
+/// back and its new switch frame after a suspend, or [`RETURNED`](super::RETURNED)
+/// or [`ENDED`](super::ENDED) if it finished.
 ///
 /// # Safety
 /// `slot` must be the slot of a started-or-fresh fiber that is not running,
@@ -169,14 +170,17 @@ pub(crate) unsafe fn suspend(value: usize, slot: *mut usize) -> (usize, usize) {
     (out, go)
 }
 
-/// Leaves a fiber for good, handing `value` (a pointer to how it ended) to
-/// its resumer, whose `resume` returns 0 as the stack pointer: "finished".
+/// Leaves a fiber for good, handing `value` and `control` to its resumer,
+/// whose `resume` returns them as the value and the stack pointer:
+/// [`RETURNED`](super::RETURNED) with the return value, or
+/// [`ENDED`](super::ENDED) with a pointer to how the fiber ended.
 ///
 /// # Safety
 /// Must run on the stack of the fiber whose slot is `slot`, with nothing left
-/// on that stack that needs dropping.
+/// on that stack that needs dropping but what `value` hands over, which the
+/// resumer moves out; `control` must say what `value` is.
 #[inline(always)]
-pub(crate) unsafe fn finish(value: usize, slot: *mut usize) -> ! {
+pub(crate) unsafe fn finish(value: usize, slot: *mut usize, control: usize) -> ! {
     // SAFETY: the .S finish switches to the resumer's frame and returns into
     // its resume stub; this fiber's stack is never used again.
     unsafe {
@@ -185,6 +189,7 @@ pub(crate) unsafe fn finish(value: usize, slot: *mut usize) -> ! {
             finish = sym stackswitch_finish_v2,
             in("x0") value,
             in("x1") slot,
+            in("x2") control,
             options(noreturn),
         );
     }

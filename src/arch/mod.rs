@@ -14,9 +14,11 @@
 //! handed over, encoded by `fiber::word` (the value itself when it is a
 //! primitive scalar, else a pointer to it); this module never looks at it.
 //! The control word says what happened: from a fiber, its new stack
-//! pointer after a suspend or 0 when it finished; into a fiber, nonzero to
-//! go on or 0 when it is being dropped (`resume_drop`: a fresh fiber drops
-//! its closure, a suspended one unwinds).
+//! pointer after a suspend, [`RETURNED`] when its closure returned (the
+//! value word is the return value) or [`ENDED`] when it panicked or unwound
+//! (the value word points at how); into a fiber, nonzero to go on or 0 when
+//! it is being dropped (`resume_drop`: a fresh fiber drops its closure, a
+//! suspended one unwinds).
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
@@ -33,6 +35,15 @@ pub(crate) use x86_64::*;
 /// `finish`); `go` is 0 when the fiber is dropped before it ran.
 pub(crate) type EntryFn =
     unsafe extern "C" fn(value: usize, data: *mut u8, slot: *mut usize, go: usize) -> !;
+
+/// The control word from a fiber that finished by its closure returning:
+/// the value word is the return value, encoded as a suspended value is.
+/// No stack pointer is this small, so it cannot be mistaken for a suspend.
+pub(crate) const RETURNED: usize = 1;
+
+/// The control word from a fiber that finished otherwise (it panicked, or
+/// unwound because it was dropped): the value word points at how.
+pub(crate) const ENDED: usize = 0;
 
 /// A function run by [`call_on_stack`]; it must not unwind.
 pub(crate) type OnStackFn = unsafe extern "C" fn(arg: *mut u8);
