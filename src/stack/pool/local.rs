@@ -25,7 +25,7 @@ pub const DEFAULT_LOCAL_KEEP: usize = 16;
 /// earlier store to reach the cache, and creating and finishing a fiber
 /// stores a lot. A thread that makes many short fibers saves that here. A
 /// fiber's create, first resume, finish and drop in `examples/compare`
-/// (2-vCPU AMD EPYC VM): 159 instructions on a `PooledStack`, 121 on a
+/// (2-vCPU AMD EPYC VM): 150 instructions on a `PooledStack`, 111 on a
 /// `LocalStack` (callgrind); 11.0–19 ns against 8.6–14 ns (medians; the
 /// low end when the host is quiet).
 ///
