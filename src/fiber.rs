@@ -361,11 +361,11 @@ impl<I: 'static, Y: 'static, R: 'static, S: Stack> Fiber<I, Y, R, S> {
             // the stack) and is never run again.
             FiberResult::Return(unsafe { word::decode::<R>(out) })
         } else {
-            // SAFETY: `out` points at the Exit the entry left on the
-            // fiber's stack, as above.
             // A free function, not a method: passing `self` to an
             // out-of-line call would let the compiler assume the switch's
             // asm may change the Fiber, and reload its fields every switch.
+            // SAFETY: `out` points at the Exit the entry left on the
+            // fiber's stack, as above.
             exit_result(unsafe { ptr::read(out as *const Exit) })
         }
     }

@@ -735,7 +735,7 @@ fn warm_fiber_makes_no_system_call() {
 /// Kills the process on `mmap`, `munmap`, `mprotect`, `madvise`, `mremap`
 /// or `brk` made by the calling thread.
 fn forbid_memory_syscalls() {
-    use libc::{sock_filter, sock_fprog};
+    use libc::sock_filter;
     const LD_NR: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
     const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
     const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
@@ -776,20 +776,7 @@ fn forbid_memory_syscalls() {
         jf: 0,
         k: libc::SECCOMP_RET_KILL_PROCESS,
     });
-    let fprog = sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_mut_ptr(),
-    };
-    // SAFETY: plain prctl calls; the filter program outlives the call.
-    unsafe {
-        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
-        let rc = libc::prctl(
-            libc::PR_SET_SECCOMP,
-            libc::SECCOMP_MODE_FILTER,
-            &fprog as *const sock_fprog,
-        );
-        assert_eq!(rc, 0, "seccomp: {}", std::io::Error::last_os_error());
-    }
+    install_seccomp(&mut prog);
 }
 
 #[test]
@@ -846,7 +833,7 @@ fn zeroing_is_exact_without_process_madvise() {
 /// Makes `process_madvise` fail with `ENOSYS` for this process, as on a
 /// kernel without it.
 fn refuse_process_madvise() {
-    use libc::{sock_filter, sock_fprog};
+    use libc::sock_filter;
     const LD_NR: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
     const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
     const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
@@ -877,20 +864,7 @@ fn refuse_process_madvise() {
             k: libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
         },
     ];
-    let fprog = sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_mut_ptr(),
-    };
-    // SAFETY: plain prctl calls; the filter program outlives the call.
-    unsafe {
-        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
-        let rc = libc::prctl(
-            libc::PR_SET_SECCOMP,
-            libc::SECCOMP_MODE_FILTER,
-            &fprog as *const sock_fprog,
-        );
-        assert_eq!(rc, 0, "seccomp: {}", std::io::Error::last_os_error());
-    }
+    install_seccomp(&mut prog);
 }
 
 #[test]
@@ -1237,4 +1211,23 @@ fn a_local_stack_outlives_its_handles() {
     assert_eq!(fiber.resume(()), FiberResult::Return(Some(b)));
     drop(fiber);
     assert_eq!(vmas_in(region), 0, "the region outlived its last stack");
+}
+
+/// Installs the seccomp filter `prog` for the calling thread (after
+/// `PR_SET_NO_NEW_PRIVS`, which an unprivileged filter needs).
+fn install_seccomp(prog: &mut [libc::sock_filter]) {
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: plain prctl calls; the filter program outlives the call.
+    unsafe {
+        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        let rc = libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &fprog as *const libc::sock_fprog,
+        );
+        assert_eq!(rc, 0, "seccomp: {}", std::io::Error::last_os_error());
+    }
 }
