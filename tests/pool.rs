@@ -564,11 +564,10 @@ fn a_stack_outlives_its_pool() {
     // Whether a region is unmapped can only be read from /proc/self/maps
     // with nothing else mapping memory at the same time: the checks run in
     // a child process with one test thread.
-    if std::env::var_os("STACKSWITCH_POOL_OUTLIVES_CHILD").is_none() {
-        common::assert_child_passed(&common::run_child(
-            "a_stack_outlives_its_pool",
-            "STACKSWITCH_POOL_OUTLIVES_CHILD",
-        ));
+    if !common::in_child(
+        "a_stack_outlives_its_pool",
+        "STACKSWITCH_POOL_OUTLIVES_CHILD",
+    ) {
         return;
     }
     let pool = StackPool::new(PoolConfig::default().stack_size(64 << 10).capacity(2)).unwrap();
@@ -1187,11 +1186,10 @@ fn deep_local_stacks_are_trimmed_on_return() {
 fn a_local_stack_outlives_its_handles() {
     // Unmapping is read from /proc/self/maps: in a child, as in
     // `a_stack_outlives_its_pool`.
-    if std::env::var_os("STACKSWITCH_LOCAL_OUTLIVES_CHILD").is_none() {
-        common::assert_child_passed(&common::run_child(
-            "a_local_stack_outlives_its_handles",
-            "STACKSWITCH_LOCAL_OUTLIVES_CHILD",
-        ));
+    if !common::in_child(
+        "a_local_stack_outlives_its_handles",
+        "STACKSWITCH_LOCAL_OUTLIVES_CHILD",
+    ) {
         return;
     }
     let pool = StackPool::new(PoolConfig::default().stack_size(64 << 10).capacity(4)).unwrap();

@@ -529,17 +529,28 @@ impl StackPool {
         if zeroed || inner.zero_on_return {
             return self.take_zeroed();
         }
-        // The warm path: the slot this thread returned last, parked in its
-        // cell. One swap, and the strong count it carries is ours.
-        let parked = inner.parked[my_cell()].0.swap(EMPTY, Ordering::Acquire);
-        if parked != EMPTY {
-            // SAFETY: a parked slot carries one strong count of
-            // `self.inner` (cells are never CLOSED while a handle lives),
-            // which the swap handed to us.
-            let pool = unsafe { Arc::from_raw(Arc::as_ptr(&self.inner)) };
-            return self.hand_out(parked - 1, zeroed, pool);
+        // The warm path: the slot this thread returned last.
+        if let Some((index, pool)) = self.unpark() {
+            return self.hand_out(index, zeroed, pool);
         }
         self.take_shared(zeroed)
+    }
+
+    /// The slot parked in this thread's cell, if any, with the strong
+    /// count it carries: one swap.
+    #[inline(always)]
+    fn unpark(&self) -> Option<(usize, Arc<Inner>)> {
+        let parked = self.inner.parked[my_cell()]
+            .0
+            .swap(EMPTY, Ordering::Acquire);
+        if parked == EMPTY {
+            return None;
+        }
+        // SAFETY: a parked slot carries one strong count of `self.inner`
+        // (cells are never CLOSED while a handle lives), which the swap
+        // handed to us.
+        let pool = unsafe { Arc::from_raw(Arc::as_ptr(&self.inner)) };
+        Some((parked - 1, pool))
     }
 
     /// A zeroed stack: a clean slot, a never-used one, a batch of pending
@@ -553,11 +564,8 @@ impl StackPool {
         if let Some(index) = inner.release_pending() {
             return self.prepare(index, true, Arc::clone(&self.inner));
         }
-        let parked = inner.parked[my_cell()].0.swap(EMPTY, Ordering::Acquire);
-        if parked != EMPTY {
-            // SAFETY: as in `take`.
-            let pool = unsafe { Arc::from_raw(Arc::as_ptr(&self.inner)) };
-            return self.prepare(parked - 1, true, pool);
+        if let Some((index, pool)) = self.unpark() {
+            return self.prepare(index, true, pool);
         }
         self.take_shared(true)
     }

@@ -73,3 +73,15 @@ pub fn assert_child_passed(out: &std::process::Output) -> String {
     );
     stdout
 }
+
+/// For a test whose body must run alone in a child process: in the parent
+/// (`env_var` unset), runs the test named `test` in a child with `env_var`
+/// set, asserts that it passed, and returns false; in that child, returns
+/// true, and the caller runs the body.
+pub fn in_child(test: &str, env_var: &str) -> bool {
+    if std::env::var_os(env_var).is_some() {
+        return true;
+    }
+    assert_child_passed(&run_child(test, env_var));
+    false
+}
