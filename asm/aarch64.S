@@ -304,9 +304,11 @@ STACKSWITCH_SYM(trampoline_ret):
 STACKSWITCH_END(trampoline)
 
 /*
- * fn call_on_stack(arg: x0, f: x1 = extern "C" fn(arg), new_sp: x2)
+ * fn call_on_stack(arg: x0, f: x1 = extern "C" fn(arg) -> usize, new_sp: x2)
+ *     -> usize (x0)
  *
- * Calls f(arg) with sp = new_sp, then returns on the original stack.
+ * Calls f(arg) with sp = new_sp, then returns on the original stack with
+ * f's return value still in x0 (nothing here writes x0).
  * new_sp must be 16-byte aligned and point one past usable memory. f must
  * not unwind: the Rust caller catches panics inside f and resumes them on
  * the original stack. x29 holds our frame record (and so the original sp)
@@ -326,7 +328,7 @@ STACKSWITCH_FUNCTION(call_on_stack)
         mov     sp, x2                          /* switch to the new stack */
         mov     x16, x1
         blr     x16                             /* f(arg); x0 still holds arg */
-        mov     sp, x29                         /* back on the original stack */
+        mov     sp, x29                         /* back on the original stack; x0 = f's value */
         .cfi_def_cfa sp, 16
         ldp     x29, x30, [sp], #16             /* caller's fp and our return address */
         .cfi_def_cfa_offset 0

@@ -313,9 +313,11 @@ STACKSWITCH_SYM(trampoline_ret):
 STACKSWITCH_END(trampoline)
 
 /*
- * fn call_on_stack(arg: rdi, f: rsi = extern "C" fn(arg), new_sp: rdx)
+ * fn call_on_stack(arg: rdi, f: rsi = extern "C" fn(arg) -> usize, new_sp: rdx)
+ *     -> usize (rax)
  *
- * Calls f(arg) with rsp = new_sp, then returns on the original stack.
+ * Calls f(arg) with rsp = new_sp, then returns on the original stack with
+ * f's return value still in rax (nothing here writes rax).
  * new_sp must be 16-byte aligned and point one past usable memory (the
  * callee's return address goes at new_sp - 8). f must not unwind: the Rust
  * caller catches panics inside f and resumes them here, on the original
@@ -332,7 +334,7 @@ STACKSWITCH_FUNCTION(call_on_stack)
         .cfi_def_cfa_register rbp
         mov     rsp, rdx                /* switch to the new stack */
         call    rsi                     /* f(arg); rdi still holds arg */
-        mov     rsp, rbp                /* back on the original stack */
+        mov     rsp, rbp                /* back on the original stack; rax = f's value */
         .cfi_def_cfa_register rsp
         pop     rbp                     /* the caller's frame pointer */
         .cfi_adjust_cfa_offset -8

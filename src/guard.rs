@@ -479,11 +479,31 @@ impl GuardThread {
     }
 }
 
+/// What a guarded call may give its budget when the caller's stack pointer
+/// is `above_low` bytes above the stack's low end: all of it but the
+/// switch's own reserve.
+#[inline(always)]
+fn usable_room(above_low: usize) -> usize {
+    above_low.saturating_sub(SWITCH_RESERVE + UNINLINED_RESERVE)
+}
+
+/// `MIN_BUDGET <= budget <= usable_room(above_low)`, in one compare:
+/// `budget - MIN_BUDGET` wraps to a huge number for a budget below the
+/// minimum, and a room below the minimum leaves nothing to be below.
+#[inline(always)]
+fn budget_fits(budget: usize, above_low: usize) -> bool {
+    // usable_room(above_low) - MIN_BUDGET + 1, saturating at 0.
+    let limit = above_low.saturating_sub(SWITCH_RESERVE + UNINLINED_RESERVE + MIN_BUDGET - 1);
+    budget.wrapping_sub(MIN_BUDGET) < limit
+}
+
 /// The error for a budget that does not fit: below [`MIN_BUDGET`], above the
-/// stack's `size`, or above `room`, what the caller has left.
+/// stack's `size`, or above what the caller has left of it, whose stack
+/// pointer is `above_low` bytes above the stack's low end.
 #[cold]
 #[inline(never)]
-fn budget_error(budget: usize, size: usize, room: usize) -> Error {
+fn budget_error(budget: usize, size: usize, above_low: usize) -> Error {
+    let room = usable_room(above_low);
     if budget < MIN_BUDGET {
         Error::BudgetTooSmall {
             budget,
@@ -505,20 +525,27 @@ fn budget_error(budget: usize, size: usize, room: usize) -> Error {
 /// What the budget stack's entry frame shares with the caller: the closure
 /// going in, its value or its panic coming out. No `Option`s: the entry
 /// frame takes the closure exactly once and writes exactly one of the two
-/// outcomes, which `call_with_budget` reads back once.
+/// outcomes, and says which by its return value (in a register: nothing to
+/// store before the call, nor to load after it, for the common outcome).
 struct Call<F, R> {
     f: ManuallyDrop<F>,
     out: MaybeUninit<R>,
-    panic: Option<Box<dyn Any + Send>>,
+    panic: MaybeUninit<Box<dyn Any + Send>>,
 }
 
+/// [`enter_budget`]'s return value: the closure returned (`Call::out`).
+const RETURNED: usize = 0;
+/// [`enter_budget`]'s return value: the closure panicked (`Call::panic`).
+const PANICKED: usize = 1;
+
 /// The first frame on the lowered stack: runs the closure and catches its
-/// panic, which must not unwind through the assembly.
+/// panic, which must not unwind through the assembly. Returns [`RETURNED`]
+/// or [`PANICKED`], saying which of the two outcomes it wrote.
 ///
 /// # Safety
 /// `arg` must point to a live `Call<F, R>` whose closure has not been taken,
 /// used by no one else for the duration of the call.
-unsafe extern "C" fn enter_budget<F: FnOnce() -> R, R>(arg: *mut u8) {
+unsafe extern "C" fn enter_budget<F: FnOnce() -> R, R>(arg: *mut u8) -> usize {
     // SAFETY: `call_with_budget` passes its own `Call<F, R>`, borrowed for
     // the whole of `call_on_stack`, and touches it only after we return.
     let call = unsafe { &mut *arg.cast::<Call<F, R>>() };
@@ -527,11 +554,12 @@ unsafe extern "C" fn enter_budget<F: FnOnce() -> R, R>(arg: *mut u8) {
     match panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(value) => {
             call.out.write(value);
+            RETURNED
         }
-        // SAFETY: `call.panic` is a valid `None` (nothing to drop); writing
-        // without the drop glue of an assignment keeps the landing pad
-        // short, so the normal path saves fewer registers.
-        Err(payload) => unsafe { std::ptr::write(&raw mut call.panic, Some(payload)) },
+        Err(payload) => {
+            call.panic.write(payload);
+            PANICKED
+        }
     }
 }
 
@@ -579,10 +607,8 @@ fn prepare_current(sp: usize, budget: usize) -> Result<(usize, usize), Error> {
 fn guarded_call<F: FnOnce() -> R, R>(name: &'static str, budget: usize, f: F) -> Result<R, Error> {
     let sp = stack_pointer();
     let (low, size) = current_stack(sp, budget)?;
-    // `sp` is inside the stack, so this does not wrap.
-    let room = (sp - low).saturating_sub(SWITCH_RESERVE + UNINLINED_RESERVE);
-    if budget < MIN_BUDGET || budget > room {
-        return Err(budget_error(budget, size, room));
+    if !budget_fits(budget, sp - low) {
+        return Err(budget_error(budget, size, sp - low));
     }
     let entry = ActiveGuard {
         name,
@@ -590,7 +616,7 @@ fn guarded_call<F: FnOnce() -> R, R>(name: &'static str, budget: usize, f: F) ->
         sp: (low + budget) & !15,
     };
     // SAFETY: entry.sp is 16-byte aligned and at least SWITCH_RESERVE below
-    // our stack pointer (budget <= room); `low..entry.sp` is unused stack of
+    // our stack pointer (budget_fits); `low..entry.sp` is unused stack of
     // the stack we are on, ending in its guard region.
     match unsafe { call_with_budget(entry, f) } {
         Ok(value) => Ok(value),
@@ -618,24 +644,26 @@ unsafe fn call_with_budget<F: FnOnce() -> R, R>(
     let mut call = Call {
         f: ManuallyDrop::new(f),
         out: MaybeUninit::uninit(),
-        panic: None,
+        panic: MaybeUninit::uninit(),
     };
     // The entry function catches every panic: nothing unwinds through the
     // switch. `call` lives in this frame until call_on_stack returns.
     // SAFETY: the caller's contract is call_on_stack's; enter_budget does
     // not unwind.
-    unsafe {
+    let outcome = unsafe {
         call_on_stack(
             (&raw mut call).cast(),
             enter_budget::<F, R>,
             entry.sp as *mut u8,
-        );
-    }
+        )
+    };
     THREAD.with(|thread| thread.pop(depth));
-    match call.panic {
-        Some(payload) => Err(payload),
-        // SAFETY: without a panic, enter_budget wrote the closure's value.
-        None => Ok(unsafe { call.out.assume_init_read() }),
+    if outcome == RETURNED {
+        // SAFETY: enter_budget returned RETURNED, so it wrote the value.
+        Ok(unsafe { call.out.assume_init_read() })
+    } else {
+        // SAFETY: enter_budget returned PANICKED, so it wrote the payload.
+        Err(unsafe { call.panic.assume_init_read() })
     }
 }
 
@@ -646,10 +674,8 @@ unsafe fn call_with_budget<F: FnOnce() -> R, R>(
 fn measured_call<F: FnOnce() -> R, R>(name: &'static str, budget: usize, f: F) -> Result<R, Error> {
     let sp = stack_pointer();
     let (low, size) = current_stack(sp, budget)?;
-    // `sp` is inside the stack, so this does not wrap.
-    let room = (sp - low).saturating_sub(SWITCH_RESERVE + UNINLINED_RESERVE);
-    if budget < MIN_BUDGET || budget > room {
-        return Err(budget_error(budget, size, room));
+    if !budget_fits(budget, sp - low) {
+        return Err(budget_error(budget, size, sp - low));
     }
     let entry = ActiveGuard {
         name,
@@ -666,7 +692,7 @@ fn measured_call<F: FnOnce() -> R, R>(name: &'static str, budget: usize, f: F) -
         std::ptr::write_bytes(low as *mut u8, PAINT, painted_top - low);
     }
     // SAFETY: entry.sp is 16-byte aligned and at least SWITCH_RESERVE below
-    // our stack pointer (budget <= room); `low..entry.sp` is unused stack of
+    // our stack pointer (budget_fits); `low..entry.sp` is unused stack of
     // the stack we are on, ending in its guard region.
     let outcome = unsafe { call_with_budget(entry, f) };
     // Below our stack pointer again, so gone as far as memcheck knows.
@@ -711,6 +737,30 @@ unsafe fn deepest_touched(low: usize, top: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn budget_fits_is_the_two_compares_it_replaces() {
+        let reserve = SWITCH_RESERVE + UNINLINED_RESERVE;
+        let edges = [0, 1, MIN_BUDGET - 1, MIN_BUDGET, MIN_BUDGET + 1, reserve];
+        let mut values: Vec<usize> = Vec::new();
+        for e in edges {
+            for d in [0, 1, reserve, reserve + MIN_BUDGET, 4096, 1 << 20] {
+                values.extend([e + d, (e + d).saturating_sub(1), e + d + 1]);
+            }
+        }
+        values.extend([usize::MAX, usize::MAX - 1, usize::MAX / 2]);
+        for &budget in &values {
+            for &above_low in &values {
+                let room = above_low.saturating_sub(reserve);
+                let want = (MIN_BUDGET..=room).contains(&budget);
+                assert_eq!(
+                    budget_fits(budget, above_low),
+                    want,
+                    "budget {budget}, stack pointer {above_low} bytes above the low end"
+                );
+            }
+        }
+    }
 
     #[test]
     fn mode_names() {

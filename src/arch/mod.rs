@@ -45,8 +45,9 @@ pub(crate) const RETURNED: usize = 1;
 /// unwound because it was dropped): the value word points at how.
 pub(crate) const ENDED: usize = 0;
 
-/// A function run by [`call_on_stack`]; it must not unwind.
-pub(crate) type OnStackFn = unsafe extern "C" fn(arg: *mut u8);
+/// A function run by [`call_on_stack`], which hands back what it returns;
+/// it must not unwind.
+pub(crate) type OnStackFn = unsafe extern "C" fn(arg: *mut u8) -> usize;
 
 extern "C" {
     /// The first frame of every fiber (see the `.S`); never called from Rust,
@@ -57,9 +58,9 @@ extern "C" {
     /// to the slot, so that the slot reads as a frame record.
     pub(crate) static stackswitch_trampoline_ret_v2: u8;
 
-    /// Calls `f(arg)` with the stack pointer set to `sp`, then returns on the
-    /// original stack.
-    fn stackswitch_call_on_stack_v2(arg: *mut u8, f: OnStackFn, sp: *mut u8);
+    /// Calls `f(arg)` with the stack pointer set to `sp`, then returns what
+    /// `f` returned, on the original stack.
+    fn stackswitch_call_on_stack_v2(arg: *mut u8, f: OnStackFn, sp: *mut u8) -> usize;
 }
 
 /// Address of the trampoline, the resume address of a fiber that has not run.
@@ -68,14 +69,15 @@ pub(crate) fn trampoline_address() -> usize {
     stackswitch_trampoline_v2 as unsafe extern "C" fn() as usize
 }
 
-/// Runs `f(arg)` with the stack pointer set to `sp`.
+/// Runs `f(arg)` with the stack pointer set to `sp`; returns what `f`
+/// returned.
 ///
 /// # Safety
 /// `sp` must be 16-byte aligned and be the high end of writable memory large
 /// enough for everything `f` does (or end in a guard page that stops it);
 /// `f` must not unwind; nothing may be live in `[lowest sp f reaches, sp)`.
 #[inline]
-pub(crate) unsafe fn call_on_stack(arg: *mut u8, f: OnStackFn, sp: *mut u8) {
+pub(crate) unsafe fn call_on_stack(arg: *mut u8, f: OnStackFn, sp: *mut u8) -> usize {
     debug_assert_eq!(
         sp as usize % 16,
         0,
@@ -89,14 +91,17 @@ pub(crate) unsafe fn call_on_stack(arg: *mut u8, f: OnStackFn, sp: *mut u8) {
     // routine's; it is an extern "C" function, so clobber_abi("C") covers
     // what it may change, and the stack is call-aligned (no `nostack`).
     unsafe {
+        let ret: usize;
         core::arch::asm!(
             "call {on_stack}",
             on_stack = sym stackswitch_call_on_stack_v2,
             in("rdi") arg,
             in("rsi") f,
             in("rdx") sp,
+            lateout("rax") ret,
             clobber_abi("C"),
         );
+        ret
     }
     #[cfg(not(target_arch = "x86_64"))]
     // SAFETY: as above.
