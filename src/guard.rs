@@ -606,7 +606,38 @@ fn prepare_current(sp: usize, budget: usize) -> Result<(usize, usize), Error> {
 #[inline(always)]
 fn guarded_call<F: FnOnce() -> R, R>(name: &'static str, budget: usize, f: F) -> Result<R, Error> {
     let sp = stack_pointer();
-    let (low, size) = current_stack(sp, budget)?;
+    match THREAD.with(|thread| thread.cached(sp)) {
+        Some((low, size)) => guarded_call_on(name, budget, f, sp, low, size),
+        None => guarded_call_first(name, budget, f),
+    }
+}
+
+/// [`guarded_call`] on a stack not in this thread's cache, out of line as a
+/// whole: the common call then falls through from its cache check to the
+/// switch, with no branch over the miss path and no join after it.
+#[cold]
+#[inline(never)]
+fn guarded_call_first<F: FnOnce() -> R, R>(
+    name: &'static str,
+    budget: usize,
+    f: F,
+) -> Result<R, Error> {
+    let sp = stack_pointer();
+    let (low, size) = prepare_current(sp, budget)?;
+    guarded_call_on(name, budget, f, sp, low, size)
+}
+
+/// The rest of [`guarded_call`], from a stack pointer `sp` on the stack
+/// whose low end and size are `low` and `size`.
+#[inline(always)]
+fn guarded_call_on<F: FnOnce() -> R, R>(
+    name: &'static str,
+    budget: usize,
+    f: F,
+    sp: usize,
+    low: usize,
+    size: usize,
+) -> Result<R, Error> {
     if !budget_fits(budget, sp - low) {
         return Err(budget_error(budget, size, sp - low));
     }
@@ -616,8 +647,8 @@ fn guarded_call<F: FnOnce() -> R, R>(name: &'static str, budget: usize, f: F) ->
         sp: (low + budget) & !15,
     };
     // SAFETY: entry.sp is 16-byte aligned and at least SWITCH_RESERVE below
-    // our stack pointer (budget_fits); `low..entry.sp` is unused stack of
-    // the stack we are on, ending in its guard region.
+    // `sp`, our stack pointer (budget_fits); `low..entry.sp` is unused stack
+    // of the stack we are on, ending in its guard region.
     match unsafe { call_with_budget(entry, f) } {
         Ok(value) => Ok(value),
         Err(payload) => panic::resume_unwind(payload),
