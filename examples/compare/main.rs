@@ -17,7 +17,7 @@
 //! `fp-control` and `context` side by side; its rows join the table.
 //!
 //! `--callgrind <case> <n>` only runs `n` operations of one round-trip,
-//! create or guard case, untimed (for `scripts/callgrind.sh`, perf, strace).
+//! create, guard or (with `wasmtime`) Wasmtime case, untimed (for `scripts/callgrind.sh`, perf, strace).
 
 mod create;
 mod guard;
@@ -27,6 +27,25 @@ mod report;
 mod switch;
 #[cfg(feature = "wasmtime")]
 mod wasm;
+
+/// The `--callgrind` names of the Wasmtime cases (none without `wasmtime`).
+fn wasm_keys() -> Vec<&'static str> {
+    #[cfg(feature = "wasmtime")]
+    return wasm::KEYS.iter().map(|(k, _, _)| *k).collect();
+    #[cfg(not(feature = "wasmtime"))]
+    Vec::new()
+}
+
+/// A Wasmtime case by its `--callgrind` name (with feature `wasmtime`).
+fn wasm_op(case: &str) -> Option<harness::Op> {
+    #[cfg(feature = "wasmtime")]
+    return wasm::op_by_key(case);
+    #[cfg(not(feature = "wasmtime"))]
+    {
+        let _ = case;
+        None
+    }
+}
 
 use std::process::Command;
 
@@ -107,9 +126,11 @@ pub fn main() {
         let Some(mut op) = switch::op(case)
             .or_else(|| create::op(case))
             .or_else(|| guard::op(case))
+            .or_else(|| wasm_op(case))
         else {
             let keys: Vec<&str> = (create::CASES.iter().chain(guard::CASES))
                 .map(|(k, _)| *k)
+                .chain(wasm_keys())
                 .collect();
             eprintln!("unknown case {case:?}; one of {:?} {keys:?}", switch::CASES);
             std::process::exit(2);

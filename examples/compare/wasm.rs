@@ -99,6 +99,22 @@ pub fn name(stacks: Stacks, zeroing: bool) -> String {
     )
 }
 
+/// The `--callgrind` names of the cases, for profiling one alone.
+pub const KEYS: &[(&str, Stacks, bool)] = &[
+    ("wasm-ours", Stacks::Ours, false),
+    ("wasm-ours-zeroing", Stacks::Ours, true),
+    ("wasm-default", Stacks::Default, false),
+    ("wasm-default-zeroing", Stacks::Default, true),
+    ("wasm-pooling", Stacks::Pooling, false),
+    ("wasm-pooling-zeroing", Stacks::Pooling, true),
+];
+
+/// The operation of the case named `key` (one of [`KEYS`]).
+pub fn op_by_key(key: &str) -> Option<Op> {
+    let &(_, stacks, zeroing) = KEYS.iter().find(|(k, _, _)| *k == key)?;
+    Some(op(&config(stacks, zeroing)))
+}
+
 /// Every source of stacks, with and without zeroing; ours first.
 pub fn cases() -> Vec<Case> {
     let mut cases = Vec::new();
