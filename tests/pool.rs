@@ -133,6 +133,66 @@ fn lookup_edges_of_pool_stacks() {
     ));
 }
 
+/// The span of one last-level page table: `page / 8` entries of a page.
+fn table_span() -> usize {
+    page() * (page() / 8)
+}
+
+#[test]
+fn big_stacks_are_laid_out_on_page_table_boundaries() {
+    const K: usize = 1 << 10;
+    let span = table_span();
+    let size = span; // 2 MiB with 4 KiB pages
+    let pool = StackPool::new(
+        PoolConfig::default()
+            .stack_size(size)
+            .resident(64 * K)
+            .capacity(3),
+    )
+    .unwrap();
+    // The part below the 64 KiB kept resident is one whole page table; the
+    // slot is whole page tables, the rest of it guard.
+    assert_eq!(pool.stack_size(), size + 64 * K);
+    assert_eq!(pool.slot_size() % span, 0);
+    assert_eq!(pool.guard_size(), pool.slot_size() - pool.stack_size());
+    assert!(pool.guard_size() >= page());
+    let stacks: Vec<_> = (0..3).map(|_| pool.acquire().unwrap()).collect();
+    for stack in &stacks {
+        let b = stack.bounds();
+        assert_eq!(b.low % span, 0, "{b:?}");
+        assert_eq!((b.high - 64 * K) % span, 0, "{b:?}");
+        assert_eq!(b.size(), pool.stack_size());
+        // Lookups agree, at both ends and in the guard.
+        assert_eq!(StackBounds::containing(b.low), Some(b));
+        assert_eq!(StackBounds::containing(b.high - 1), Some(b));
+        assert!(StackBounds::containing(b.low - 1)
+            .unwrap()
+            .in_guard(b.low - 1));
+        assert_eq!(StackBounds::containing(b.guard), Some(b));
+        // The whole stack is usable (its guard faults: see
+        // touching_a_slot_guard_faults_with_markers_and_with_mprotect).
+        fill(stack, 0xa5);
+    }
+    let region = pool.region();
+    assert_eq!(region.len(), 3 * pool.slot_size());
+    assert_eq!((region.start + pool.guard_size()) % span, 0);
+    drop(stacks);
+
+    // The same stack size laid out plainly where the aligned layout does
+    // not apply: everything kept resident, nothing kept, or a stack too
+    // small for the rounding to stay within an eighth of it.
+    for config in [
+        PoolConfig::default().stack_size(size).resident(size),
+        PoolConfig::default().stack_size(size).resident(0),
+        PoolConfig::default().stack_size(size / 2).resident(64 * K),
+        PoolConfig::default().stack_size(size).resident(size / 2),
+    ] {
+        let pool = StackPool::new(config.clone().capacity(2)).unwrap();
+        assert_eq!(pool.stack_size(), config.get_stack_size(), "{config:?}");
+        assert_eq!(pool.guard_size(), page(), "{config:?}");
+    }
+}
+
 #[test]
 fn fiber_on_a_pooled_stack_knows_where_it_is() {
     let pool = StackPool::new(PoolConfig::default().stack_size(128 << 10).capacity(4)).unwrap();
@@ -298,8 +358,19 @@ fn read_at(stack: &impl Stack, offsets: &[usize]) -> Vec<u8> {
 
 #[test]
 fn zeroing_misses_no_dirty_byte_at_any_depth() {
+    zeroing_is_exact(256 << 10);
+}
+
+/// The same on a big stack, which the pool lays out aligned to page tables.
+#[test]
+fn zeroing_misses_no_dirty_byte_at_any_depth_of_a_big_stack() {
+    zeroing_is_exact(2 << 20);
+}
+
+/// Zeroed acquires read every byte that earlier uses dirtied, at any depth,
+/// back as zero, on a one-slot pool of `size`-byte stacks keeping 64 KiB.
+fn zeroing_is_exact(size: usize) {
     const K: usize = 1 << 10;
-    let size = 256 * K;
     let pool = StackPool::new(
         PoolConfig::default()
             .stack_size(size)
@@ -307,6 +378,9 @@ fn zeroing_misses_no_dirty_byte_at_any_depth() {
             .capacity(1),
     )
     .unwrap();
+    // The stack may be larger than asked (the aligned layout of big
+    // stacks): dirty the whole of it.
+    let size = pool.stack_size();
     let p = page();
     // Each use dirties single bytes (offsets below the top) and leaves the
     // pages between them untouched; the next zeroed acquire must read
@@ -912,40 +986,59 @@ fn trim_releases_what_the_canaries_missed() {
     assert_eq!(again.bounds(), b);
 }
 
-/// Runs `name` (an ignored test of this binary) in a child process and
+/// Runs `name` (an ignored test of this binary) alone in a child process,
+/// with guards made by `guard` (the default if `None`) and `env` set;
 /// returns the signal that ended it.
-fn child_signal(name: &str, guard: Option<&str>) -> Option<i32> {
+fn child_signal(name: &str, guard: Option<&str>, env: &[(&str, &str)]) -> Option<i32> {
     use std::os::unix::process::ExitStatusExt;
     let mut cmd = common::self_command();
     cmd.args(["--exact", name, "--ignored", "--test-threads=1"]);
     if let Some(g) = guard {
         cmd.env("STACKSWITCH_GUARD", g);
     }
+    cmd.envs(env.iter().copied());
     cmd.output().unwrap().status.signal()
 }
 
+/// Which guard byte `touch_guard_in_child` writes: of a plain or an
+/// aligned (big-stack) pool, just below the stack or at the guard's
+/// lowest byte.
+const TOUCH_ENV: &str = "STACKSWITCH_TEST_TOUCH";
+
 #[test]
 fn touching_a_slot_guard_faults_with_markers_and_with_mprotect() {
-    assert_eq!(
-        child_signal("touch_guard_in_child", None),
-        Some(libc::SIGSEGV)
-    );
-    assert_eq!(
-        child_signal("touch_guard_in_child", Some("mprotect")),
-        Some(libc::SIGSEGV)
-    );
+    for touch in ["plain", "aligned-top", "aligned-bottom"] {
+        for guard in [None, Some("mprotect")] {
+            assert_eq!(
+                child_signal("touch_guard_in_child", guard, &[(TOUCH_ENV, touch)]),
+                Some(libc::SIGSEGV),
+                "{touch} guard byte, guards by {}",
+                guard.unwrap_or("default")
+            );
+        }
+    }
 }
 
 #[test]
 #[ignore = "run in a child process by touching_a_slot_guard_faults_with_markers_and_with_mprotect"]
 fn touch_guard_in_child() {
-    let pool = StackPool::new(PoolConfig::default().stack_size(64 << 10).capacity(2)).unwrap();
+    let touch = std::env::var(TOUCH_ENV).unwrap_or_default();
+    let size = if touch == "plain" { 64 << 10 } else { 2 << 20 };
+    let pool = StackPool::new(PoolConfig::default().stack_size(size).capacity(2)).unwrap();
+    // Two stacks, so that the second's guard lies above the first's stack.
+    let _first = pool.acquire().unwrap();
     let stack = pool.acquire().unwrap();
     let b = stack.bounds();
+    assert_eq!(touch != "plain", b.guard_size() > page(), "{touch}: {b:?}");
+    let addr = if touch == "aligned-bottom" {
+        b.guard
+    } else {
+        b.low - 1
+    };
     // SAFETY: a write into the guard region, on purpose and in a child
     // process: it faults before any memory changes, which is what the
     // parent test checks.
-    unsafe { ((b.low - 1) as *mut u8).write_volatile(1) };
+    unsafe { (addr as *mut u8).write_volatile(1) };
     // Only reached if the guard did not fault.
     std::process::exit(0);
 }
