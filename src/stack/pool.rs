@@ -1450,37 +1450,19 @@ mod tests {
         const K: usize = 1 << 10;
         const M: usize = 1 << 20;
         let aligned = |stack, guard, resident, page| Layout::aligned(stack, guard, resident, page);
-        // 4 KiB pages: a page table spans 2 MiB.
-        assert_eq!(
-            aligned(2 * M, 4 * K, 64 * K, 4 * K),
-            Some(Layout {
-                stack: 2 * M + 64 * K,
-                guard: 2 * M - 64 * K,
-                align: 2 * M
-            })
-        );
-        assert_eq!(
-            aligned(8 * M, 4 * K, 64 * K, 4 * K),
-            Some(Layout {
-                stack: 8 * M + 64 * K,
-                guard: 2 * M - 64 * K,
-                align: 2 * M
-            })
-        );
-        // A guard larger than what is left of the last page table: one more.
-        assert_eq!(
-            aligned(2 * M, 2 * M, 64 * K, 4 * K),
-            Some(Layout {
-                stack: 2 * M + 64 * K,
-                guard: 4 * M - 64 * K,
-                align: 2 * M
-            })
-        );
-        // Already a whole number of page tables below the resident part.
-        assert_eq!(
-            aligned(2 * M + 64 * K, 4 * K, 64 * K, 4 * K).map(|l| l.stack),
-            Some(2 * M + 64 * K)
-        );
+        // 4 KiB pages: a page table spans 2 MiB. (stack, guard) in and out.
+        for ((stack, guard), want) in [
+            ((2 * M, 4 * K), (2 * M + 64 * K, 2 * M - 64 * K)),
+            ((8 * M, 4 * K), (8 * M + 64 * K, 2 * M - 64 * K)),
+            // A guard larger than what is left of the last page table.
+            ((2 * M, 2 * M), (2 * M + 64 * K, 4 * M - 64 * K)),
+            // Already whole page tables below the resident part.
+            ((2 * M + 64 * K, 4 * K), (2 * M + 64 * K, 2 * M - 64 * K)),
+        ] {
+            let layout = aligned(stack, guard, 64 * K, 4 * K).expect("aligned");
+            assert_eq!((layout.stack, layout.guard), want, "{stack} + {guard}");
+            assert_eq!(layout.align, 2 * M);
+        }
         // Rounding by more than an eighth, nothing or everything resident.
         assert_eq!(aligned(M, 4 * K, 64 * K, 4 * K), None);
         assert_eq!(aligned(256 * K, 4 * K, 64 * K, 4 * K), None);
