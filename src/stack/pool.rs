@@ -296,14 +296,14 @@ impl Drop for Inner {
 ///   │◄────── slot_size ───────►│   (guard + stack, both whole pages)
 /// ```
 ///
-/// Big stacks (a part below the resident limit of a page table's span,
-/// 2 MiB with 4 KiB pages, or more) are laid out on page-table boundaries:
-/// every stack's low end is aligned to a page table's span, the stack is
-/// rounded up so that what lies below its resident top is whole page tables
-/// (by at most an eighth: a 2 MiB stack keeping 64 KiB resident gets
-/// 2 MiB + 64 KiB), and the slot to whole page tables, the difference going
-/// to the guard region (a 4 MiB slot for that stack, of which almost 2 MiB
-/// guard: address space only). The part of a stack below its resident top
+/// Big stacks are laid out on page-table boundaries when that adds at most
+/// an eighth to each: every stack's low end is aligned to the span of a
+/// page table (2 MiB with 4 KiB pages), the stack is rounded up so that
+/// what lies below its resident top is whole page tables (a 2 MiB stack
+/// keeping 64 KiB resident gets 2 MiB + 64 KiB; a 1 MiB one would need
+/// twice its size, and stays as it is), and the slot to whole page
+/// tables, the difference going to the guard region (a 4 MiB slot for that
+/// stack, of which almost 2 MiB guard: address space only). The part of a stack below its resident top
 /// then has page tables of its own, which exist only if a use went that
 /// deep: releasing it when the stack comes back (zeroing, trimming) spares
 /// the kernel a walk over the page table of the resident top. Measured on
