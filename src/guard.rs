@@ -822,7 +822,12 @@ mod tests {
         #[repr(align(64))]
         struct Buf([u8; 1024]);
         let mut buf = Buf([PAINT; 1024]);
-        let low = buf.0.as_ptr() as usize;
+        // Every access through this pointer, so that the writes and the
+        // scans see the same memory.
+        let base = buf.0.as_mut_ptr();
+        let low = base as usize;
+        // SAFETY: `at` < 1024: inside the buffer, which outlives `set`.
+        let set = |at: usize, byte: u8| unsafe { base.add(at).write(byte) };
         // SAFETY: `low..low + top` is inside the buffer (top <= 1024),
         // readable and aligned; the buffer outlives every call.
         let scan = |top: usize| unsafe { deepest_touched(low, low + top) };
@@ -834,16 +839,16 @@ mod tests {
                 if at >= top {
                     continue;
                 }
-                buf.0[at] = 0;
-                // A later change above it must not matter.
-                buf.0[top - 1] ^= 0x5a;
+                // A change above it must not matter.
+                set(top - 1, 0x5a);
+                set(at, 0);
                 assert_eq!(scan(top), low + at, "change at {at}, top {top}");
-                buf.0[top - 1] ^= 0x5a;
-                buf.0[at] = PAINT;
+                set(top - 1, PAINT);
+                set(at, PAINT);
             }
         }
         // Only the part asked about is scanned.
-        buf.0[30] = 1;
+        set(30, 1);
         assert_eq!(scan(29), low + 29);
         assert_eq!(scan(31), low + 30);
     }
