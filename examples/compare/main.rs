@@ -17,7 +17,8 @@
 //! `fp-control` and `context` side by side; its rows join the table.
 //!
 //! `--callgrind <case> <n>` only runs `n` operations of one round-trip,
-//! create, guard or (with `wasmtime`) Wasmtime case, untimed (for `scripts/callgrind.sh`, perf, strace).
+//! create, guard or (with `wasmtime`) Wasmtime case, untimed (for
+//! `scripts/callgrind.sh`, perf, strace).
 
 mod create;
 mod guard;
