@@ -497,6 +497,20 @@ fn budget_fits(budget: usize, above_low: usize) -> bool {
     budget.wrapping_sub(MIN_BUDGET) < limit
 }
 
+/// The guarded call `name` with `budget` bytes, made from stack pointer
+/// `sp` on the stack whose low end is `low`: where its lowered stack
+/// pointer goes, or `None` if the budget does not fit (see
+/// [`budget_error`]).
+#[inline(always)]
+fn budget_entry(name: &'static str, budget: usize, sp: usize, low: usize) -> Option<ActiveGuard> {
+    // `sp` is inside the stack, so `sp - low` does not wrap.
+    budget_fits(budget, sp - low).then_some(ActiveGuard {
+        name,
+        budget,
+        sp: (low + budget) & !15,
+    })
+}
+
 /// The error for a budget that does not fit: below [`MIN_BUDGET`], above the
 /// stack's `size`, or above what the caller has left of it, whose stack
 /// pointer is `above_low` bytes above the stack's low end.
@@ -638,13 +652,8 @@ fn guarded_call_on<F: FnOnce() -> R, R>(
     low: usize,
     size: usize,
 ) -> Result<R, Error> {
-    if !budget_fits(budget, sp - low) {
+    let Some(entry) = budget_entry(name, budget, sp, low) else {
         return Err(budget_error(budget, size, sp - low));
-    }
-    let entry = ActiveGuard {
-        name,
-        budget,
-        sp: (low + budget) & !15,
     };
     // SAFETY: entry.sp is 16-byte aligned and at least SWITCH_RESERVE below
     // `sp`, our stack pointer (budget_fits); `low..entry.sp` is unused stack
@@ -705,13 +714,8 @@ unsafe fn call_with_budget<F: FnOnce() -> R, R>(
 fn measured_call<F: FnOnce() -> R, R>(name: &'static str, budget: usize, f: F) -> Result<R, Error> {
     let sp = stack_pointer();
     let (low, size) = current_stack(sp, budget)?;
-    if !budget_fits(budget, sp - low) {
+    let Some(entry) = budget_entry(name, budget, sp, low) else {
         return Err(budget_error(budget, size, sp - low));
-    }
-    let entry = ActiveGuard {
-        name,
-        budget,
-        sp: (low + budget) & !15,
     };
     let painted_top = entry.sp.min(sp - PAINT_RESERVE).max(low);
     // Below our stack pointer, so gone as far as memcheck knows.
