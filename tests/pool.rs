@@ -986,20 +986,6 @@ fn trim_releases_what_the_canaries_missed() {
     assert_eq!(again.bounds(), b);
 }
 
-/// Runs `name` (an ignored test of this binary) alone in a child process,
-/// with guards made by `guard` (the default if `None`) and `env` set;
-/// returns the signal that ended it.
-fn child_signal(name: &str, guard: Option<&str>, env: &[(&str, &str)]) -> Option<i32> {
-    use std::os::unix::process::ExitStatusExt;
-    let mut cmd = common::self_command();
-    cmd.args(["--exact", name, "--ignored", "--test-threads=1"]);
-    if let Some(g) = guard {
-        cmd.env("STACKSWITCH_GUARD", g);
-    }
-    cmd.envs(env.iter().copied());
-    cmd.output().unwrap().status.signal()
-}
-
 /// Which guard byte `touch_guard_in_child` writes: of a plain or an
 /// aligned (big-stack) pool, just below the stack or at the guard's
 /// lowest byte.
@@ -1007,10 +993,14 @@ const TOUCH_ENV: &str = "STACKSWITCH_TEST_TOUCH";
 
 #[test]
 fn touching_a_slot_guard_faults_with_markers_and_with_mprotect() {
+    use std::os::unix::process::ExitStatusExt;
     for touch in ["plain", "aligned-top", "aligned-bottom"] {
         for guard in [None, Some("mprotect")] {
+            let mut env = vec![(TOUCH_ENV, touch)];
+            env.extend(guard.map(|g| ("STACKSWITCH_GUARD", g)));
+            let out = common::run_ignored_child("touch_guard_in_child", &env);
             assert_eq!(
-                child_signal("touch_guard_in_child", guard, &[(TOUCH_ENV, touch)]),
+                out.status.signal(),
                 Some(libc::SIGSEGV),
                 "{touch} guard byte, guards by {}",
                 guard.unwrap_or("default")

@@ -303,12 +303,13 @@ impl Drop for Inner {
 /// keeping 64 KiB resident gets 2 MiB + 64 KiB; a 1 MiB one would need
 /// twice its size, and stays as it is), and the slot to whole page
 /// tables, the difference going to the guard region (a 4 MiB slot for that
-/// stack, of which almost 2 MiB guard: address space only). The part of a stack below its resident top
-/// then has page tables of its own, which exist only if a use went that
-/// deep: releasing it when the stack comes back (zeroing, trimming) spares
-/// the kernel a walk over the page table of the resident top. Measured on
-/// this project's CI machine, a `process_madvise` release of 2 MiB stacks
-/// costs 0.3-0.45 µs per stack laid out so, 0.8-1.0 µs laid out plainly.
+/// stack, of which almost 2 MiB guard: address space only). The part of a
+/// stack below its resident top then has page tables of its own, which
+/// exist only if a use went that deep: releasing it when the stack comes
+/// back (zeroing, trimming) spares the kernel a walk over the page table of
+/// the resident top. Measured on this project's CI machine, a
+/// `process_madvise` release of 2 MiB stacks costs 0.3-0.45 µs per stack
+/// laid out so, 0.8-1.0 µs laid out plainly.
 ///
 /// Each slot's stack follows the layout described in the `stack`
 /// module docs. The region is registered in the lookup table, so the slot of
